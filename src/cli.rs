@@ -1,0 +1,179 @@
+//! clap definitions of all binaries, one derive struct each. Man pages and shell completions are
+//! generated from these (clap_mangen), so help texts here are the documentation.
+
+use crate::config::Overrides;
+use clap::{Args, Parser};
+use std::path::PathBuf;
+
+/// Options every binary takes.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// Job name: selects /etc/e2e-backup/<JOB>.toml and /run/e2e-backup/<JOB>/
+    #[arg(value_name = "JOB")]
+    pub job: String,
+    /// Job file to read instead of <config-dir>/<JOB>.toml
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory of job files [env: E2E_BACKUP_CONFIG_DIR] [default: /etc/e2e-backup]
+    #[arg(long, value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// Print the commands that would run, shell-quoted, one per line, as a script; run none
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also show the output of the commands run
+    #[arg(short, long)]
+    pub verbose: bool,
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
+
+const EXIT_CODES: &str = "\
+Exit status: 0 success; 1 an external step failed; 2 usage or configuration error; 3 remote
+unreachable or host key mismatch; 4 container refused (not LUKS, wrong key, in use by another host);
+5 locked by another run on this host; 6 out of space (server or container).";
+
+/// Mount the job's remote directory over sshfs at /run/e2e-backup/<JOB>/remote.
+///
+/// Strict host-key checking against remote.known_hosts, keep-alives so a dead link fails within
+/// about 30 seconds, no reconnect (a dropped link is fatal for the run). Prints the mountpoint.
+#[derive(Debug, Parser)]
+#[command(name = "e2e-mount", version, after_help = EXIT_CODES)]
+pub struct MountCli {
+    #[command(flatten)]
+    pub common: Common,
+    /// Stay in the foreground (for systemd Type=notify): READY=1 once mounted, unmount on SIGTERM
+    #[arg(long)]
+    pub foreground: bool,
+}
+
+/// Open the job's encrypted container and mount its filesystem at /run/e2e-backup/<JOB>/fs.
+///
+/// Mounts the remote first if needed. Creates the container on first use with --create (or
+/// container.create = true). Refuses a file that is not LUKS, a wrong key, or a container another
+/// host holds open. Prints the mountpoint.
+#[derive(Debug, Parser)]
+#[command(name = "e2e-open", version, after_help = EXIT_CODES)]
+pub struct OpenCli {
+    #[command(flatten)]
+    pub common: Common,
+    /// Create the container if the file does not exist yet
+    #[arg(long)]
+    pub create: bool,
+    /// Open and mount read-only (for restores)
+    #[arg(long)]
+    pub read_only: bool,
+}
+
+/// Back up the job's paths into a new snapshot, or restore from one.
+///
+/// Opens the stack if needed (and closes what it opened at the end), grows the container first
+/// when it is short of space, rsyncs into snapshots/<STAMP>.inflight, renames it on success, moves
+/// `latest`, prunes per [retention]. Prints the new snapshot's path.
+#[derive(Debug, Parser)]
+#[command(name = "e2e-sync", version, after_help = EXIT_CODES)]
+pub struct SyncCli {
+    #[command(flatten)]
+    pub common: Common,
+    /// Restore SNAPSHOT[/PATH] (SNAPSHOT may be `latest`) into TARGET, rsync-style, read-only open
+    #[arg(long, num_args = 2, value_names = ["SNAPSHOT[/PATH]", "TARGET"], conflicts_with = "list")]
+    pub restore: Option<Vec<String>>,
+    /// List the snapshots, oldest first
+    #[arg(long)]
+    pub list: bool,
+    /// Create the container first if it does not exist (as e2e-open --create)
+    #[arg(long, conflicts_with_all = ["restore", "list"])]
+    pub create: bool,
+    /// Do not grow the container before syncing
+    #[arg(long)]
+    pub no_grow: bool,
+    /// Do not prune old snapshots after syncing
+    #[arg(long)]
+    pub no_prune: bool,
+}
+
+/// Grow the job's container online: file → loop device → LUKS → ext4.
+///
+/// Checks the server's free space first (keeping container.server_reserve) and refuses to shrink.
+/// Prints the container file path.
+#[derive(Debug, Parser)]
+#[command(name = "e2e-grow", version, after_help = EXIT_CODES)]
+#[command(group = clap::ArgGroup::new("amount").required(true).args(["to", "by"]))]
+pub struct GrowCli {
+    #[command(flatten)]
+    pub common: Common,
+    /// New total size, e.g. 128G
+    #[arg(long, value_name = "SIZE")]
+    pub to: Option<String>,
+    /// Grow by this much, e.g. 16G or 25%
+    #[arg(long, value_name = "SIZE")]
+    pub by: Option<String>,
+}
+
+/// Give the server back the space of deleted data (TRIM over NBD through an SSH tunnel).
+///
+/// Needs nbd-server on the server bound to 127.0.0.1:10809 with an export named after the
+/// container file and `trim = true`. The container must not be open via e2e-open at the same
+/// time. Reports the server's allocated bytes before and after on stderr and judges by them.
+/// Prints the container file path.
+#[derive(Debug, Parser)]
+#[command(name = "e2e-trim", version, after_help = EXIT_CODES)]
+pub struct TrimCli {
+    #[command(flatten)]
+    pub common: Common,
+    /// Local end of the SSH tunnel [default: a free port]
+    #[arg(long, value_name = "PORT")]
+    pub local_port: Option<u16>,
+    /// nbd-server port on the server's loopback
+    #[arg(long, value_name = "PORT", default_value_t = 10809)]
+    pub nbd_port: u16,
+    /// NBD device to use [default: the first free /dev/nbdN]
+    #[arg(long, value_name = "DEV")]
+    pub nbd_device: Option<PathBuf>,
+}
+
+/// Tear the job's stack down from any state: umount, cryptsetup close, detach loop, unmount sshfs.
+///
+/// Kills a hung sshfs. Prints nothing.
+#[derive(Debug, Parser)]
+#[command(name = "e2e-close", version, after_help = EXIT_CODES)]
+pub struct CloseCli {
+    #[command(flatten)]
+    pub common: Common,
+    /// Leave the sshfs mount in place
+    #[arg(long)]
+    pub keep_remote: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn definitions_are_consistent() {
+        MountCli::command().debug_assert();
+        OpenCli::command().debug_assert();
+        SyncCli::command().debug_assert();
+        GrowCli::command().debug_assert();
+        TrimCli::command().debug_assert();
+        CloseCli::command().debug_assert();
+    }
+
+    #[test]
+    fn parse_examples() {
+        let s =
+            SyncCli::try_parse_from(["e2e-sync", "home", "--restore", "latest/home/a", "/tmp/r"])
+                .unwrap();
+        assert_eq!(s.restore.unwrap(), ["latest/home/a", "/tmp/r"]);
+        assert_eq!(s.common.job, "home");
+        assert!(GrowCli::try_parse_from(["e2e-grow", "home"]).is_err());
+        assert!(GrowCli::try_parse_from(["e2e-grow", "home", "--to", "1G", "--by", "1G"]).is_err());
+        let g = GrowCli::try_parse_from(["e2e-grow", "--by", "10%", "home", "--dry-run"]).unwrap();
+        assert!(g.common.dry_run);
+        let o = OpenCli::try_parse_from([
+            "e2e-open", "home", "--host", "h", "--source", "/a", "--source", "/b",
+        ])
+        .unwrap();
+        assert_eq!(o.common.overrides.sources, ["/a", "/b"]);
+    }
+}

@@ -1,0 +1,644 @@
+//! The job file `/etc/e2e-backup/<job>.toml`: schema, size parsing, validation, flag overrides.
+//!
+//! The file is read into "raw" structs where every field is optional (so flags can fill in what a
+//! file leaves out, or replace the file altogether), then resolved into a [`Job`] with defaults
+//! applied and every value checked. Errors name the file and the key.
+
+use crate::error::{fail, Code};
+use crate::paths::validate_job;
+use anyhow::Result;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_CONFIG_DIR: &str = "/etc/e2e-backup";
+pub const CONFIG_DIR_ENV: &str = "E2E_BACKUP_CONFIG_DIR";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFile {
+    #[serde(default)]
+    pub remote: RawRemote,
+    #[serde(default)]
+    pub container: RawContainer,
+    #[serde(default)]
+    pub sync: RawSync,
+    #[serde(default)]
+    pub retention: Retention,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRemote {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    pub path: Option<String>,
+    pub identity_file: Option<PathBuf>,
+    pub known_hosts: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawContainer {
+    pub file: Option<String>,
+    pub size: Option<String>,
+    pub key_file: Option<PathBuf>,
+    pub create: Option<bool>,
+    pub auto_grow_free: Option<String>,
+    pub auto_grow_step: Option<String>,
+    pub max_size: Option<String>,
+    pub server_reserve: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSync {
+    pub paths: Option<Vec<String>>,
+    pub exclude: Option<Vec<String>>,
+    pub exclude_from: Option<Vec<PathBuf>>,
+    pub rsync_args: Option<Vec<String>>,
+}
+
+/// Retention policy, restic/borg semantics (see `snapshots::select_keep`). All zero = keep everything.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    #[serde(default)]
+    pub keep_last: u32,
+    #[serde(default)]
+    pub keep_hourly: u32,
+    #[serde(default)]
+    pub keep_daily: u32,
+    #[serde(default)]
+    pub keep_weekly: u32,
+    #[serde(default)]
+    pub keep_monthly: u32,
+    #[serde(default)]
+    pub keep_yearly: u32,
+}
+
+/// Values given on the command line; each replaces the job file's value.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct Overrides {
+    /// Server host name (remote.host)
+    #[arg(long, value_name = "HOST", help_heading = "Job overrides")]
+    pub host: Option<String>,
+    /// SSH port (remote.port)
+    #[arg(long, value_name = "PORT", help_heading = "Job overrides")]
+    pub port: Option<u16>,
+    /// SSH user (remote.user)
+    #[arg(long, value_name = "USER", help_heading = "Job overrides")]
+    pub user: Option<String>,
+    /// Directory on the server holding the container (remote.path)
+    #[arg(long, value_name = "PATH", help_heading = "Job overrides")]
+    pub remote_path: Option<String>,
+    /// SSH private key (remote.identity_file)
+    #[arg(long, value_name = "FILE", help_heading = "Job overrides")]
+    pub identity_file: Option<PathBuf>,
+    /// known_hosts file pinning the server key (remote.known_hosts)
+    #[arg(long, value_name = "FILE", help_heading = "Job overrides")]
+    pub known_hosts: Option<PathBuf>,
+    /// Container file name inside the remote path (container.file)
+    #[arg(
+        long = "container-file",
+        value_name = "NAME",
+        help_heading = "Job overrides"
+    )]
+    pub container_file: Option<String>,
+    /// Container size at creation, e.g. 64G (container.size)
+    #[arg(long, value_name = "SIZE", help_heading = "Job overrides")]
+    pub size: Option<String>,
+    /// LUKS key file (container.key_file)
+    #[arg(long, value_name = "FILE", help_heading = "Job overrides")]
+    pub key_file: Option<PathBuf>,
+    /// Source path to back up, repeatable (sync.paths)
+    #[arg(long = "source", value_name = "PATH", help_heading = "Job overrides")]
+    pub sources: Vec<String>,
+    /// rsync exclude pattern, repeatable (sync.exclude)
+    #[arg(long, value_name = "PATTERN", help_heading = "Job overrides")]
+    pub exclude: Vec<String>,
+}
+
+/// A size as written in the job file: bytes, or a percentage of something (container size).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SizeSpec {
+    Bytes(u64),
+    Percent(f64),
+}
+
+impl SizeSpec {
+    /// Resolve against `base` (percentages are of `base`).
+    pub fn of(self, base: u64) -> u64 {
+        match self {
+            SizeSpec::Bytes(b) => b,
+            SizeSpec::Percent(p) => (base as f64 * p / 100.0) as u64,
+        }
+    }
+    pub fn is_zero(self) -> bool {
+        matches!(self, SizeSpec::Bytes(0)) || matches!(self, SizeSpec::Percent(p) if p == 0.0)
+    }
+}
+
+/// Parse a `truncate`-style size: `5T` = 5 TiB; `K M G T P E` (optionally `KiB`…) are powers of
+/// 1024, `KB MB …` powers of 1000, a bare number is bytes.
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    if num.is_empty() {
+        return Err(format!(
+            "invalid size {s:?}: expected a number with an optional unit like 64G"
+        ));
+    }
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: number too large"))?;
+    let mut u = unit.chars();
+    let mult: u64 = match u.next() {
+        None => 1,
+        Some(c) => {
+            let exp = match c.to_ascii_uppercase() {
+                'K' => 1,
+                'M' => 2,
+                'G' => 3,
+                'T' => 4,
+                'P' => 5,
+                'E' => 6,
+                _ => {
+                    return Err(format!(
+                        "invalid size {s:?}: unknown unit {unit:?} (use K, M, G, T, P, E)"
+                    ))
+                }
+            };
+            let base: u64 = match u.as_str() {
+                "" | "iB" => 1024,
+                "B" => 1000,
+                _ => {
+                    return Err(format!(
+                        "invalid size {s:?}: unknown unit {unit:?} (use K, M, G, T, P, E)"
+                    ))
+                }
+            };
+            base.pow(exp)
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("invalid size {s:?}: too large"))
+}
+
+/// A size or a percentage (`10%`).
+pub fn parse_size_spec(s: &str) -> std::result::Result<SizeSpec, String> {
+    match s.trim().strip_suffix('%') {
+        Some(p) => {
+            let v: f64 = p
+                .trim()
+                .parse()
+                .map_err(|_| format!("invalid percentage {s:?}"))?;
+            if !(0.0..=1000.0).contains(&v) {
+                return Err(format!(
+                    "invalid percentage {s:?}: must be between 0% and 1000%"
+                ));
+            }
+            Ok(SizeSpec::Percent(v))
+        }
+        None => parse_size(s).map(SizeSpec::Bytes),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub path: String,
+    pub identity_file: PathBuf,
+    pub known_hosts: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Container {
+    pub file: String,
+    pub size: Option<u64>,
+    pub key_file: Option<PathBuf>,
+    pub create: bool,
+    pub auto_grow_free: SizeSpec,
+    pub auto_grow_step: SizeSpec,
+    pub max_size: Option<u64>,
+    pub server_reserve: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Sync {
+    pub paths: Vec<String>,
+    pub exclude: Vec<String>,
+    pub exclude_from: Vec<PathBuf>,
+    pub rsync_args: Vec<String>,
+}
+
+/// A resolved job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub name: String,
+    /// Where the settings came from (the job file, or "command line"), for messages.
+    pub origin: String,
+    pub remote: Remote,
+    pub container: Container,
+    pub sync: Sync,
+    pub retention: Retention,
+}
+
+/// Where the job file of `job` is: `--config`, else `--config-dir`/$E2E_BACKUP_CONFIG_DIR/default dir.
+pub fn job_file(job: &str, config: Option<&Path>, config_dir: Option<&Path>) -> PathBuf {
+    if let Some(c) = config {
+        return c.to_path_buf();
+    }
+    let dir = config_dir
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os(CONFIG_DIR_ENV).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_DIR));
+    dir.join(format!("{job}.toml"))
+}
+
+/// Load and resolve a job: the job file (required only if `--config` names it or flags do not give
+/// everything) with `ov` applied on top.
+pub fn load(
+    job: &str,
+    config: Option<&Path>,
+    config_dir: Option<&Path>,
+    ov: &Overrides,
+) -> Result<Job> {
+    validate_job(job)?;
+    let file = job_file(job, config, config_dir);
+    let (raw, origin) = match std::fs::read_to_string(&file) {
+        Ok(text) => (parse_file(&text, &file)?, file.display().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && config.is_none() && ov.host.is_some() => {
+            (RawFile::default(), "command line".to_string())
+        }
+        Err(e) => {
+            return Err(fail(
+                Code::Config,
+                format!(
+                    "cannot read job file {}: {e} (create it, or give --config FILE or the --host/--user/... flags)",
+                    file.display()
+                ),
+            ))
+        }
+    };
+    resolve(job, raw, ov, &origin)
+}
+
+/// Parse the text of a job file; errors read `FILE:LINE: message (in [section])`.
+pub fn parse_file(text: &str, file: &Path) -> Result<RawFile> {
+    toml::from_str(text).map_err(|e| {
+        let msg = e.message().trim().replace("unknown field", "unknown key");
+        let (line, section) = match e.span() {
+            Some(sp) => {
+                let before = &text[..sp.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let section = before
+                    .lines()
+                    .rev()
+                    .map(str::trim)
+                    .find(|l| l.starts_with('['))
+                    .map(|l| format!(" in {l}"))
+                    .unwrap_or_default();
+                (format!(":{line}"), section)
+            }
+            None => (String::new(), String::new()),
+        };
+        fail(
+            Code::Config,
+            format!("{}{line}: {msg}{section}", file.display()),
+        )
+    })
+}
+
+fn resolve(job: &str, raw: RawFile, ov: &Overrides, origin: &str) -> Result<Job> {
+    let bad = |key: &str, why: String| fail(Code::Config, format!("{origin}: {key}: {why}"));
+    let need = |v: Option<String>, key: &str| -> Result<String> {
+        match v {
+            Some(s) if !s.trim().is_empty() => Ok(s),
+            _ => Err(bad(key, "required but not set".to_string())),
+        }
+    };
+    let need_path = |v: Option<PathBuf>, key: &str| -> Result<PathBuf> {
+        v.ok_or_else(|| bad(key, "required but not set".to_string()))
+    };
+    let r = raw.remote;
+    let c = raw.container;
+    let s = raw.sync;
+    let remote = Remote {
+        host: need(ov.host.clone().or(r.host), "remote.host")?,
+        port: ov.port.or(r.port).unwrap_or(22),
+        user: need(ov.user.clone().or(r.user), "remote.user")?,
+        path: need(ov.remote_path.clone().or(r.path), "remote.path")?,
+        identity_file: need_path(
+            ov.identity_file.clone().or(r.identity_file),
+            "remote.identity_file",
+        )?,
+        known_hosts: need_path(
+            ov.known_hosts.clone().or(r.known_hosts),
+            "remote.known_hosts",
+        )?,
+    };
+    if remote.host.starts_with('-')
+        || remote
+            .host
+            .contains(|c: char| c.is_whitespace() || c == '@')
+    {
+        return Err(bad(
+            "remote.host",
+            format!("invalid host name {:?}", remote.host),
+        ));
+    }
+    if remote.user.starts_with('-')
+        || remote
+            .user
+            .contains(|c: char| c.is_whitespace() || c == '@' || c == ':')
+    {
+        return Err(bad(
+            "remote.user",
+            format!("invalid user name {:?}", remote.user),
+        ));
+    }
+    if remote.path.contains('\n') {
+        return Err(bad("remote.path", "must not contain a newline".to_string()));
+    }
+
+    let file = ov
+        .container_file
+        .clone()
+        .or(c.file)
+        .unwrap_or_else(|| format!("{job}.luks"));
+    if file.is_empty() || file.contains('/') || file.starts_with('.') || file.contains('\n') {
+        return Err(bad(
+            "container.file",
+            format!("{file:?} must be a plain file name inside remote.path (no '/', not starting with '.')"),
+        ));
+    }
+    let size_field = |v: Option<String>, key: &str| -> Result<Option<u64>> {
+        v.map(|s| parse_size(&s).map_err(|e| bad(key, e)))
+            .transpose()
+    };
+    let spec_field = |v: Option<String>, key: &str, dflt: &str| -> Result<SizeSpec> {
+        parse_size_spec(v.as_deref().unwrap_or(dflt)).map_err(|e| bad(key, e))
+    };
+    let container = Container {
+        size: size_field(ov.size.clone().or(c.size), "container.size")?,
+        key_file: ov.key_file.clone().or(c.key_file),
+        create: c.create.unwrap_or(false),
+        auto_grow_free: spec_field(c.auto_grow_free, "container.auto_grow_free", "10%")?,
+        auto_grow_step: spec_field(c.auto_grow_step, "container.auto_grow_step", "25%")?,
+        max_size: size_field(c.max_size, "container.max_size")?,
+        server_reserve: size_field(c.server_reserve, "container.server_reserve")?
+            .unwrap_or(1 << 30),
+        file,
+    };
+    if container.auto_grow_step.is_zero() && !container.auto_grow_free.is_zero() {
+        return Err(bad(
+            "container.auto_grow_step",
+            "must not be 0 while auto_grow_free is set".to_string(),
+        ));
+    }
+
+    let mut sync = Sync {
+        paths: s.paths.unwrap_or_default(),
+        exclude: s.exclude.unwrap_or_default(),
+        exclude_from: s.exclude_from.unwrap_or_default(),
+        rsync_args: s.rsync_args.unwrap_or_default(),
+    };
+    if !ov.sources.is_empty() {
+        sync.paths = ov.sources.clone();
+    }
+    sync.exclude.extend(ov.exclude.iter().cloned());
+    for p in &sync.paths {
+        if !p.starts_with('/') {
+            return Err(bad("sync.paths", format!("{p:?} is not an absolute path")));
+        }
+    }
+    Ok(Job {
+        name: job.to_string(),
+        origin: origin.to_string(),
+        remote,
+        container,
+        sync,
+        retention: raw.retention,
+    })
+}
+
+impl Job {
+    /// The key file to use: `$CREDENTIALS_DIRECTORY/key` (systemd `LoadCredential=`) if present, else
+    /// container.key_file. It must exist and not be readable by group or others.
+    pub fn key_file(&self) -> Result<PathBuf> {
+        let cred = std::env::var_os("CREDENTIALS_DIRECTORY").map(|d| Path::new(&d).join("key"));
+        let (path, key) = match cred.filter(|p| p.exists()) {
+            Some(p) => (p, "$CREDENTIALS_DIRECTORY/key"),
+            None => match &self.container.key_file {
+                Some(p) => (p.clone(), "container.key_file"),
+                None => {
+                    return Err(fail(
+                        Code::Config,
+                        format!("{}: container.key_file: required but not set", self.origin),
+                    ))
+                }
+            },
+        };
+        check_key_file(&path).map_err(|why| {
+            fail(
+                Code::Config,
+                format!("{}: {key}: key file {}: {why}", self.origin, path.display()),
+            )
+        })?;
+        Ok(path)
+    }
+}
+
+/// Refuse a missing key file or one readable by group/others.
+pub fn check_key_file(path: &Path) -> std::result::Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let md = std::fs::metadata(path).map_err(|e| format!("{e}"))?;
+    if !md.is_file() {
+        return Err("not a regular file".to_string());
+    }
+    let mode = md.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "mode {mode:04o} lets group/others read it; run: chmod 600 {}",
+            crate::exec::quote(&path.to_string_lossy())
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+[remote]
+host = "backup.example.org"
+port = 2222
+user = "alice"
+path = "/srv/backup/alice"
+identity_file = "/etc/e2e-backup/id_ed25519"
+known_hosts = "/etc/e2e-backup/known_hosts"
+
+[container]
+file = "home.luks"
+size = "64G"
+key_file = "/etc/e2e-backup/home.key"
+create = true
+auto_grow_free = "10%"
+auto_grow_step = "8G"
+max_size = "5T"
+server_reserve = "2G"
+
+[sync]
+paths = ["/home", "/etc"]
+exclude = ["*.cache"]
+exclude_from = ["/etc/e2e-backup/home.exclude"]
+rsync_args = ["--one-file-system"]
+
+[retention]
+keep_last = 7
+keep_daily = 7
+"#;
+
+    fn res(text: &str, ov: &Overrides) -> Result<Job> {
+        let f = Path::new("/etc/e2e-backup/home.toml");
+        resolve(
+            "home",
+            parse_file(text, f)?,
+            ov,
+            "/etc/e2e-backup/home.toml",
+        )
+    }
+
+    #[test]
+    fn full_file() {
+        let j = res(FULL, &Overrides::default()).unwrap();
+        assert_eq!(j.remote.port, 2222);
+        assert_eq!(j.container.size, Some(64 << 30));
+        assert_eq!(j.container.max_size, Some(5 << 40));
+        assert_eq!(j.container.auto_grow_free, SizeSpec::Percent(10.0));
+        assert_eq!(j.container.auto_grow_step, SizeSpec::Bytes(8 << 30));
+        assert_eq!(j.container.server_reserve, 2 << 30);
+        assert!(j.container.create);
+        assert_eq!(j.sync.paths, ["/home", "/etc"]);
+        assert_eq!(j.retention.keep_last, 7);
+        assert_eq!(j.retention.keep_weekly, 0);
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        let min = "[remote]\nhost='h'\nuser='u'\npath='/p'\nidentity_file='/i'\nknown_hosts='/k'\n";
+        let j = res(min, &Overrides::default()).unwrap();
+        assert_eq!(j.remote.port, 22);
+        assert_eq!(j.container.file, "home.luks");
+        assert_eq!(j.container.server_reserve, 1 << 30);
+        assert!(!j.container.create);
+        let ov = Overrides {
+            host: Some("other".into()),
+            size: Some("1G".into()),
+            sources: vec!["/data".into()],
+            ..Overrides::default()
+        };
+        let j = res(min, &ov).unwrap();
+        assert_eq!(j.remote.host, "other");
+        assert_eq!(j.container.size, Some(1 << 30));
+        assert_eq!(j.sync.paths, ["/data"]);
+    }
+
+    #[test]
+    fn unknown_key_names_key_file_and_section() {
+        let text = FULL.replace("max_size", "max_sizee");
+        let e = res(&text, &Overrides::default()).unwrap_err();
+        let m = e.to_string();
+        assert!(
+            m.starts_with("/etc/e2e-backup/home.toml:17: unknown key `max_sizee`"),
+            "{m}"
+        );
+        assert!(m.ends_with("in [container]"), "{m}");
+        assert!(!m.contains('\n'), "{m}");
+        assert_eq!(crate::error::code_of(&e), Code::Config);
+        let e = res("[remot]\nhost='x'\n", &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("unknown key `remot`"), "{e}");
+    }
+
+    #[test]
+    fn malformed_and_missing() {
+        let e = res("[remote\nhost=", &Overrides::default()).unwrap_err();
+        assert!(
+            e.to_string().starts_with("/etc/e2e-backup/home.toml:1: "),
+            "{e}"
+        );
+        let e = res("[remote]\nhost='h'\n", &Overrides::default()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/etc/e2e-backup/home.toml: remote.user: required but not set"
+        );
+        let e = res(&FULL.replace("\"64G\"", "\"64Q\""), &Overrides::default()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("container.size: invalid size \"64Q\""),
+            "{e}"
+        );
+        let e = res(
+            &FULL.replace("\"/home\", ", "\"home\", "),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("sync.paths: \"home\" is not an absolute path"),
+            "{e}"
+        );
+        let e = res(&FULL.replace("home.luks", "../x"), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("container.file"), "{e}");
+        let e = res(
+            &FULL.replace("port = 2222", "port = \"x\""),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(crate::error::code_of(&e), Code::Config);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("5T"), Ok(5 * (1u64 << 40)));
+        assert_eq!(parse_size("64G"), Ok(64 << 30));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("512m"), Ok(512 << 20));
+        assert_eq!(parse_size("1KiB"), Ok(1024));
+        assert_eq!(parse_size("1KB"), Ok(1000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("G").is_err());
+        assert!(parse_size("1.5G").is_err());
+        assert!(parse_size("-1G").is_err());
+        assert!(parse_size("1X").is_err());
+        assert!(parse_size("99999E").is_err());
+        assert_eq!(parse_size_spec("10%"), Ok(SizeSpec::Percent(10.0)));
+        assert_eq!(parse_size_spec("2.5%"), Ok(SizeSpec::Percent(2.5)));
+        assert_eq!(parse_size_spec("1G"), Ok(SizeSpec::Bytes(1 << 30)));
+        assert!(parse_size_spec("x%").is_err());
+        assert_eq!(SizeSpec::Percent(25.0).of(4 << 30), 1 << 30);
+        assert!(parse_size_spec("0").unwrap().is_zero());
+    }
+
+    #[test]
+    fn key_file_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("e2e-key-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let k = dir.join("k");
+        std::fs::write(&k, "secret").unwrap();
+        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(check_key_file(&k).unwrap_err().contains("chmod 600"));
+        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(check_key_file(&k).is_ok());
+        assert!(check_key_file(&dir.join("missing")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

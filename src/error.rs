@@ -1,0 +1,56 @@
+//! Exit codes (docs/contract.md) and the error type that carries one.
+
+use std::fmt;
+
+/// Documented exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    /// An external step failed at run time.
+    Runtime = 1,
+    /// Usage or configuration error.
+    Config = 2,
+    /// Remote unreachable or host key mismatch.
+    Remote = 3,
+    /// Container refused: not LUKS, wrong key, in use by another host.
+    Refused = 4,
+    /// Locked by another run on this host.
+    Locked = 5,
+    /// Out of space on the server or in the container.
+    NoSpace = 6,
+}
+
+/// An error with a one-line message meant for the user and a documented exit code.
+#[derive(Debug)]
+pub struct Fail {
+    pub code: Code,
+    pub msg: String,
+}
+
+impl Fail {
+    pub fn new(code: Code, msg: impl Into<String>) -> Self {
+        Fail {
+            code,
+            msg: msg.into(),
+        }
+    }
+}
+
+impl fmt::Display for Fail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+impl std::error::Error for Fail {}
+
+/// Build an `anyhow::Error` carrying an exit code.
+pub fn fail(code: Code, msg: impl Into<String>) -> anyhow::Error {
+    Fail::new(code, msg).into()
+}
+
+/// The exit code for any error: the first [`Fail`] in its chain, else a runtime failure.
+pub fn code_of(err: &anyhow::Error) -> Code {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<Fail>())
+        .map_or(Code::Runtime, |f| f.code)
+}

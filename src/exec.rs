@@ -1,0 +1,577 @@
+//! The one place that runs external commands.
+//!
+//! Every state change of the stack is an external command (even `mv`, `ln`, `install -d`), so that
+//! `--dry-run` can print the exact sequence as a shell script that, run by hand, does the same. Values a
+//! later command needs from an earlier one (the loop device `losetup -f --show` picked) become shell
+//! variables in the script: [`Runner::capture`] returns an [`Arg::Var`] in dry-run mode.
+
+use crate::error::{fail, Code, Fail};
+use anyhow::Result;
+use std::cell::RefCell;
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+static DRY_RUN: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process made a dry-run runner (its final output must stay a valid script).
+pub fn dry_run_active() -> bool {
+    DRY_RUN.load(Ordering::Relaxed)
+}
+
+/// One command-line argument: a literal, or (dry-run only) the value of an earlier step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Arg {
+    Lit(String),
+    Var(&'static str),
+}
+
+impl Arg {
+    /// Shell form: quoted literal or `"$var"`.
+    pub fn render(&self) -> String {
+        match self {
+            Arg::Lit(s) => quote(s),
+            Arg::Var(v) => format!("\"${v}\""),
+        }
+    }
+
+    /// The literal value; a variable renders as `$var` (only reachable in dry-run output and tests).
+    pub fn value(&self) -> String {
+        match self {
+            Arg::Lit(s) => s.clone(),
+            Arg::Var(v) => format!("${v}"),
+        }
+    }
+}
+
+impl From<&str> for Arg {
+    fn from(s: &str) -> Self {
+        Arg::Lit(s.to_string())
+    }
+}
+impl From<String> for Arg {
+    fn from(s: String) -> Self {
+        Arg::Lit(s)
+    }
+}
+impl From<&String> for Arg {
+    fn from(s: &String) -> Self {
+        Arg::Lit(s.clone())
+    }
+}
+impl From<&std::path::Path> for Arg {
+    fn from(p: &std::path::Path) -> Self {
+        Arg::Lit(p.to_string_lossy().into_owned())
+    }
+}
+impl From<std::path::PathBuf> for Arg {
+    fn from(p: std::path::PathBuf) -> Self {
+        Arg::Lit(p.to_string_lossy().into_owned())
+    }
+}
+impl From<&std::path::PathBuf> for Arg {
+    fn from(p: &std::path::PathBuf) -> Self {
+        Arg::Lit(p.to_string_lossy().into_owned())
+    }
+}
+impl From<&Arg> for Arg {
+    fn from(a: &Arg) -> Self {
+        a.clone()
+    }
+}
+
+/// Quote `s` for a POSIX shell; words made only of safe characters stay bare.
+pub fn quote(s: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c);
+    if !s.is_empty() && s.chars().all(safe) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+type ErrMap = Box<dyn Fn(i32, &str) -> Option<Fail>>;
+
+/// A command to run: program, arguments, extra environment, accepted exit codes, error mapping.
+pub struct Cmd {
+    pub program: String,
+    pub args: Vec<Arg>,
+    pub env: Vec<(String, String)>,
+    /// Exit codes other than 0 that count as success (rsync 24, fsck 1).
+    pub ok_codes: Vec<i32>,
+    errmap: Option<ErrMap>,
+}
+
+impl Cmd {
+    pub fn new(program: &str) -> Self {
+        Cmd {
+            program: program.to_string(),
+            args: Vec::new(),
+            env: Vec::new(),
+            ok_codes: Vec::new(),
+            errmap: None,
+        }
+    }
+
+    pub fn arg(mut self, a: impl Into<Arg>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    pub fn args<I, A>(mut self, it: I) -> Self
+    where
+        I: IntoIterator<Item = A>,
+        A: Into<Arg>,
+    {
+        self.args.extend(it.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.to_string(), v.to_string()));
+        self
+    }
+
+    pub fn ok_code(mut self, c: i32) -> Self {
+        self.ok_codes.push(c);
+        self
+    }
+
+    /// Map a failure (exit code, stderr) to a specific user-facing error; `None` falls back to the
+    /// generic "X failed" message.
+    pub fn on_fail(mut self, f: impl Fn(i32, &str) -> Option<Fail> + 'static) -> Self {
+        self.errmap = Some(Box::new(f));
+        self
+    }
+
+    /// The argv as plain strings (for tests and messages).
+    pub fn argv(&self) -> Vec<String> {
+        std::iter::once(self.program.clone())
+            .chain(self.args.iter().map(Arg::value))
+            .collect()
+    }
+
+    /// One shell-quoted line.
+    pub fn render(&self) -> String {
+        let mut words: Vec<String> = self
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={}", quote(v)))
+            .collect();
+        words.push(quote(&self.program));
+        words.extend(self.args.iter().map(Arg::render));
+        words.join(" ")
+    }
+
+    /// The script line: like [`Cmd::render`], plus an exit-code guard when codes besides 0 are fine,
+    /// so the line succeeds under `set -e` exactly when a real run would.
+    pub fn script_line(&self) -> String {
+        if self.ok_codes.is_empty() {
+            return self.render();
+        }
+        let codes: Vec<String> = self.ok_codes.iter().map(|c| c.to_string()).collect();
+        format!(
+            "{} || case $? in {}) ;; *) false ;; esac",
+            self.render(),
+            codes.join("|")
+        )
+    }
+
+    fn command(&self) -> Result<Command> {
+        let mut c = Command::new(&self.program);
+        for a in &self.args {
+            match a {
+                Arg::Lit(s) => c.arg(s),
+                Arg::Var(v) => anyhow::bail!("internal error: unresolved ${v} in a real run"),
+            };
+        }
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
+        Ok(c)
+    }
+
+    fn spawn_piped(&self) -> Result<std::process::Child> {
+        self.command()?
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| spawn_error(self, e))
+    }
+
+    fn check(&self, code: Option<i32>, stderr: &str) -> Result<()> {
+        let rc = code.unwrap_or(-1);
+        if rc == 0 || self.ok_codes.contains(&rc) {
+            return Ok(());
+        }
+        if let Some(f) = self.errmap.as_ref().and_then(|m| m(rc, stderr)) {
+            return Err(f.into());
+        }
+        let last = last_line(stderr);
+        let how = match code {
+            Some(c) => format!("exit code {c}"),
+            None => "a signal".to_string(),
+        };
+        let tail = if last.is_empty() {
+            String::new()
+        } else {
+            format!(": {last}")
+        };
+        Err(fail(
+            Code::Runtime,
+            format!("{} failed with {how}{tail}", self.program),
+        ))
+    }
+}
+
+/// The last non-empty line of a command's stderr: usually the one that says what went wrong.
+pub fn last_line(stderr: &str) -> &str {
+    stderr
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("")
+}
+
+/// What a finished command produced.
+#[derive(Debug, Default, Clone)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+enum Sink {
+    Stdout,
+    Buffer(RefCell<Vec<String>>),
+}
+
+/// Runs commands, or in dry-run mode prints them as a script.
+pub struct Runner {
+    dry_run: bool,
+    pub verbose: bool,
+    sink: Sink,
+    started: RefCell<bool>,
+}
+
+impl Runner {
+    pub fn new(dry_run: bool, verbose: bool) -> Self {
+        if dry_run {
+            DRY_RUN.store(true, Ordering::Relaxed);
+        }
+        Runner {
+            dry_run,
+            verbose,
+            sink: Sink::Stdout,
+            started: RefCell::new(false),
+        }
+    }
+
+    /// A dry-run runner that collects the script (for tests).
+    pub fn buffered() -> Self {
+        Runner {
+            dry_run: true,
+            verbose: false,
+            sink: Sink::Buffer(RefCell::new(Vec::new())),
+            started: RefCell::new(false),
+        }
+    }
+
+    pub fn is_dry(&self) -> bool {
+        self.dry_run
+    }
+
+    /// The collected script of a [`Runner::buffered`] runner.
+    pub fn script(&self) -> Vec<String> {
+        match &self.sink {
+            Sink::Buffer(b) => b.borrow().clone(),
+            Sink::Stdout => Vec::new(),
+        }
+    }
+
+    fn emit(&self, line: String) {
+        if !self.started.replace(true) {
+            self.emit_raw("set -e".to_string());
+        }
+        self.emit_raw(line);
+    }
+
+    fn emit_raw(&self, line: String) {
+        match &self.sink {
+            Sink::Stdout => {
+                let mut o = std::io::stdout().lock();
+                let _ = writeln!(o, "{line}");
+            }
+            Sink::Buffer(b) => b.borrow_mut().push(line),
+        }
+    }
+
+    /// A remark: a `#` comment in the dry-run script, stderr in verbose real runs.
+    pub fn note(&self, msg: &str) {
+        if self.dry_run {
+            self.emit(format!("# {msg}"));
+        } else if self.verbose {
+            eprintln!("# {msg}");
+        }
+    }
+
+    fn log(&self, cmd: &Cmd) {
+        eprintln!("+ {}", cmd.render());
+    }
+
+    /// Run to completion, capturing stdout/stderr. In dry-run mode print the line and pretend success.
+    pub fn run(&self, cmd: &Cmd) -> Result<Output> {
+        if self.dry_run {
+            self.emit(cmd.script_line());
+            return Ok(Output::default());
+        }
+        self.exec(cmd)
+    }
+
+    /// Run a command whose stdout a later step needs. Dry-run: prints `var=$(cmd)` and returns `"$var"`.
+    pub fn capture(&self, cmd: &Cmd, var: &'static str) -> Result<Arg> {
+        if self.dry_run {
+            self.emit(format!("{var}=$({})", cmd.render()));
+            return Ok(Arg::Var(var));
+        }
+        let out = self.exec(cmd)?;
+        Ok(Arg::Lit(out.stdout.trim().to_string()))
+    }
+
+    /// Run a read-only probe whose answer only this process uses (e.g. allocated bytes on the server).
+    /// Dry-run: prints the line and returns `None`.
+    pub fn query(&self, cmd: &Cmd) -> Result<Option<String>> {
+        if self.dry_run {
+            self.emit(cmd.script_line());
+            return Ok(None);
+        }
+        Ok(Some(self.exec(cmd)?.stdout))
+    }
+
+    fn exec(&self, cmd: &Cmd) -> Result<Output> {
+        self.log(cmd);
+        let out = cmd
+            .command()?
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| spawn_error(cmd, e))?;
+        let o = Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        if self.verbose {
+            eprint!("{}{}", o.stdout, o.stderr);
+        }
+        cmd.check(out.status.code(), &o.stderr)?;
+        Ok(o)
+    }
+
+    /// Run with a deadline; `Ok(None)` when it had to be killed (a hung FUSE unmount, say).
+    /// Dry-run: prints the line and returns a success.
+    pub fn run_timeout(&self, cmd: &Cmd, limit: Duration) -> Result<Option<Output>> {
+        if self.dry_run {
+            self.emit(cmd.script_line());
+            return Ok(Some(Output::default()));
+        }
+        self.log(cmd);
+        let mut child = cmd.spawn_piped()?;
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(s) = child.try_wait()? {
+                break s;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                eprintln!(
+                    "{}: no answer after {}s, killed",
+                    cmd.program,
+                    limit.as_secs()
+                );
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut o = Output {
+            code: status.code().unwrap_or(-1),
+            ..Output::default()
+        };
+        if let Some(mut s) = child.stdout.take() {
+            let _ = s.read_to_string(&mut o.stdout);
+        }
+        if let Some(mut s) = child.stderr.take() {
+            let _ = s.read_to_string(&mut o.stderr);
+        }
+        cmd.check(status.code(), &o.stderr)?;
+        Ok(Some(o))
+    }
+
+    /// Run, handing each stdout record (split at `\r` or `\n`) to `on_line` as it arrives; stderr is
+    /// kept for the error message. Used for rsync progress.
+    pub fn run_streaming(&self, cmd: &Cmd, mut on_line: impl FnMut(&str)) -> Result<Output> {
+        if self.dry_run {
+            self.emit(cmd.script_line());
+            return Ok(Output::default());
+        }
+        self.log(cmd);
+        let mut child = cmd.spawn_piped()?;
+        let mut err_pipe = child.stderr.take().expect("piped");
+        let err_thread = std::thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = err_pipe.read_to_end(&mut s);
+            String::from_utf8_lossy(&s).into_owned()
+        });
+        let mut out = child.stdout.take().expect("piped");
+        let mut all = Vec::new();
+        let mut pending = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = match out.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            };
+            all.extend_from_slice(&buf[..n]);
+            for &b in &buf[..n] {
+                if b == b'\n' || b == b'\r' {
+                    on_line(&String::from_utf8_lossy(&pending));
+                    pending.clear();
+                } else {
+                    pending.push(b);
+                }
+            }
+        }
+        if !pending.is_empty() {
+            on_line(&String::from_utf8_lossy(&pending));
+        }
+        let status = child.wait()?;
+        let o = Output {
+            code: status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&all).into_owned(),
+            stderr: err_thread.join().unwrap_or_default(),
+        };
+        if self.verbose {
+            eprint!("{}", o.stderr);
+        }
+        cmd.check(status.code(), &o.stderr)?;
+        Ok(o)
+    }
+
+    /// Start a long-running command (sshfs -f) with stdout/stderr inherited. Dry-run: prints it.
+    pub fn spawn(&self, cmd: &Cmd) -> Result<Option<std::process::Child>> {
+        if self.dry_run {
+            self.emit(cmd.script_line());
+            return Ok(None);
+        }
+        self.log(cmd);
+        let child = cmd
+            .command()?
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| spawn_error(cmd, e))?;
+        Ok(Some(child))
+    }
+}
+
+fn spawn_error(cmd: &Cmd, e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        fail(
+            Code::Runtime,
+            format!(
+                "cannot run {}: not found in PATH (is it installed?)",
+                cmd.program
+            ),
+        )
+    } else {
+        fail(Code::Runtime, format!("cannot run {}: {e}", cmd.program))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote("abc/d-e_f.g"), "abc/d-e_f.g");
+        assert_eq!(quote(""), "''");
+        assert_eq!(quote("a b"), "'a b'");
+        assert_eq!(quote("it's"), r"'it'\''s'");
+        assert_eq!(quote("$HOME"), "'$HOME'");
+        assert_eq!(quote("*.cache"), "'*.cache'");
+        assert_eq!(quote("--exclude=x"), "--exclude=x");
+        assert_eq!(quote("a\nb"), "'a\nb'");
+    }
+
+    #[test]
+    fn render_with_var_env_and_codes() {
+        let c = Cmd::new("cryptsetup")
+            .env("LANG", "C")
+            .arg("open")
+            .arg(Arg::Var("loop"))
+            .arg("e2e-my job")
+            .ok_code(24);
+        assert_eq!(c.render(), "LANG=C cryptsetup open \"$loop\" 'e2e-my job'");
+        assert_eq!(
+            c.script_line(),
+            "LANG=C cryptsetup open \"$loop\" 'e2e-my job' || case $? in 24) ;; *) false ;; esac"
+        );
+    }
+
+    #[test]
+    fn dry_run_script() {
+        let r = Runner::buffered();
+        let v = r
+            .capture(&Cmd::new("losetup").args(["-f", "--show", "f"]), "loop")
+            .unwrap();
+        r.run(&Cmd::new("losetup").arg("-d").arg(&v)).unwrap();
+        r.note("done");
+        assert_eq!(
+            r.script(),
+            vec![
+                "set -e",
+                "loop=$(losetup -f --show f)",
+                "losetup -d \"$loop\"",
+                "# done"
+            ]
+        );
+    }
+
+    #[test]
+    fn real_run_and_error_mapping() {
+        let r = Runner::new(false, false);
+        let o = r.run(&Cmd::new("sh").args(["-c", "echo hi"])).unwrap();
+        assert_eq!(o.stdout, "hi\n");
+        let e = r
+            .run(&Cmd::new("sh").args(["-c", "echo boom >&2; exit 3"]))
+            .unwrap_err();
+        assert_eq!(e.to_string(), "sh failed with exit code 3: boom");
+        let e = r
+            .run(
+                &Cmd::new("sh")
+                    .args(["-c", "exit 2"])
+                    .on_fail(|rc, _| (rc == 2).then(|| Fail::new(Code::Refused, "wrong key"))),
+            )
+            .unwrap_err();
+        assert_eq!(crate::error::code_of(&e), Code::Refused);
+        r.run(&Cmd::new("sh").args(["-c", "exit 24"]).ok_code(24))
+            .unwrap();
+        let e = r.run(&Cmd::new("no-such-program-e2e")).unwrap_err();
+        assert!(e.to_string().contains("not found"), "{e}");
+    }
+
+    #[test]
+    fn streaming_splits_on_cr() {
+        let r = Runner::new(false, false);
+        let mut seen = Vec::new();
+        r.run_streaming(&Cmd::new("printf").arg(r"a\rb\nc"), |l| {
+            seen.push(l.to_string())
+        })
+        .unwrap();
+        assert_eq!(seen, vec!["a", "b", "c"]);
+    }
+}

@@ -1,0 +1,868 @@
+//! What each binary does, composed from the layer modules. Each public function is one binary's
+//! whole job and returns the path to print on success.
+
+use crate::cli::{CloseCli, Common, GrowCli, MountCli, OpenCli, SyncCli, TrimCli};
+use crate::config::{self, parse_size_spec, Job};
+use crate::container::{self as ct, OpenOpts};
+use crate::error::{code_of, fail, Code};
+use crate::exec::{Arg, Cmd, Runner};
+use crate::filesystem as fsys;
+use crate::paths::{dm_slaves, loops_backed_by, mount_at, JobPaths};
+use crate::remote;
+use crate::snapshots::{self, human, INFLIGHT, PRUNING};
+use crate::timefmt;
+use anyhow::Result;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// Run one binary: parse, call `f`, print the produced path, map errors to one line and an exit code.
+pub fn main<C: clap::Parser>(name: &str, f: fn(C) -> Result<Option<PathBuf>>) -> ExitCode {
+    let cli = C::parse();
+    match f(cli) {
+        Ok(Some(p)) => {
+            // In a dry-run stdout is a script: the path becomes a comment.
+            let mark = if crate::exec::dry_run_active() {
+                "# "
+            } else {
+                ""
+            };
+            println!("{mark}{}", p.display());
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("{name}: error: {msg}");
+            ExitCode::from(code_of(&e) as u8)
+        }
+    }
+}
+
+/// Per-run context: the runner and the job's runtime paths.
+pub struct Ctx {
+    pub run: Runner,
+    pub paths: JobPaths,
+    pub common: Common,
+}
+
+impl Ctx {
+    pub fn new(common: &Common) -> Result<Self> {
+        Ok(Ctx {
+            run: Runner::new(common.dry_run, common.verbose),
+            paths: JobPaths::new(&common.job)?,
+            common: common.clone(),
+        })
+    }
+
+    pub fn job(&self) -> Result<Job> {
+        let c = &self.common;
+        config::load(
+            &c.job,
+            c.config.as_deref(),
+            c.config_dir.as_deref(),
+            &c.overrides,
+        )
+    }
+
+    pub fn container_file(&self, job: &Job) -> PathBuf {
+        self.paths.remote.join(&job.container.file)
+    }
+
+    fn fs_mounted(&self) -> bool {
+        mount_at(&self.paths.fs).is_some()
+    }
+}
+
+/// Commands to run, newest first, if a multi-step operation fails half-way.
+struct Undo<'a> {
+    run: &'a Runner,
+    steps: Vec<Cmd>,
+}
+
+impl<'a> Undo<'a> {
+    fn new(run: &'a Runner) -> Self {
+        Undo {
+            run,
+            steps: Vec::new(),
+        }
+    }
+    fn push(&mut self, c: Cmd) {
+        self.steps.push(c);
+    }
+    fn done(mut self) {
+        self.steps.clear();
+    }
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        while let Some(c) = self.steps.pop() {
+            if let Err(e) = self.run.run(&c) {
+                eprintln!("warning: cleanup step failed: {e:#}");
+            }
+        }
+    }
+}
+
+/// What [`ensure_open`] found or did, so the caller can leave the stack as it found it.
+pub struct Stack {
+    pub mounted_remote: bool,
+    pub opened: bool,
+    /// The loop device under the container (`"$loop"` in a dry-run that attached it).
+    pub loop_dev: Option<Arg>,
+    /// Container file size if known.
+    pub size: Option<u64>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// e2e-mount
+
+pub fn mount(cli: MountCli) -> Result<Option<PathBuf>> {
+    let ctx = Ctx::new(&cli.common)?;
+    let job = ctx.job()?;
+    if cli.foreground {
+        return mount_foreground(&ctx, &job);
+    }
+    remote::mount(&ctx.run, &job.remote, &ctx.paths)?;
+    Ok(Some(ctx.paths.remote.clone()))
+}
+
+fn mount_foreground(ctx: &Ctx, job: &Job) -> Result<Option<PathBuf>> {
+    use nix::sys::signal::{kill, SigSet, Signal};
+    use nix::unistd::Pid;
+    let p = &ctx.paths;
+    if remote::is_mounted(p) {
+        return Err(fail(
+            Code::Runtime,
+            format!(
+                "{} is already mounted by another process: run e2e-close {} first",
+                p.remote.display(),
+                p.job
+            ),
+        ));
+    }
+    remote::make_dirs(&ctx.run, p)?;
+    ctx.run.run(&remote::probe(&job.remote))?;
+    // Block the signals we wait for before starting sshfs (std resets the mask in the child).
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGCHLD);
+    set.thread_block()?;
+    let Some(mut child) = ctx
+        .run
+        .spawn(&remote::sshfs(&job.remote, &p.remote, true))?
+    else {
+        return Ok(Some(p.remote.clone())); // dry-run
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !remote::is_mounted(p) {
+        if let Some(st) = child.try_wait()? {
+            return Err(fail(
+                Code::Remote,
+                format!("sshfs exited ({st}) before the mount was up"),
+            ));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err(fail(Code::Remote, "sshfs did not mount within 30 s"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    println!("{}", p.remote.display());
+    let _ = std::io::stdout().flush();
+    let pid = Pid::from_raw(child.id() as i32);
+    let result = loop {
+        let sig = set.wait()?;
+        match sig {
+            Signal::SIGCHLD => {
+                if let Some(st) = child.try_wait()? {
+                    break Err(fail(
+                        Code::Remote,
+                        format!("sshfs exited ({st}): link to {} lost", job.remote.host),
+                    ));
+                }
+            }
+            _ => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+                let _ = kill(pid, Signal::SIGTERM);
+                break Ok(None);
+            }
+        }
+    };
+    // sshfs unmounts on SIGTERM; give it a moment, then make sure.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait()?.is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if child.try_wait()?.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    remote::unmount(&ctx.run, p, false)?;
+    result
+}
+
+// ---------------------------------------------------------------------------------------------
+// e2e-open
+
+pub fn open(cli: OpenCli) -> Result<Option<PathBuf>> {
+    let ctx = Ctx::new(&cli.common)?;
+    let job = ctx.job()?;
+    ensure_open(
+        &ctx,
+        &job,
+        cli.create || job.container.create,
+        cli.read_only,
+    )?;
+    Ok(Some(ctx.paths.fs.clone()))
+}
+
+/// Bring the stack up to a mounted filesystem (idempotent), creating the container if allowed.
+pub fn ensure_open(ctx: &Ctx, job: &Job, create: bool, read_only: bool) -> Result<Stack> {
+    let p = &ctx.paths;
+    let run = &ctx.run;
+    let file = ctx.container_file(job);
+    let existing_loop = || {
+        loops_backed_by(&file, false)
+            .into_iter()
+            .next()
+            .map(|l| Arg::from(&l))
+    };
+    let size_now = || std::fs::metadata(&file).ok().map(|m| m.len());
+    if ctx.fs_mounted() {
+        return Ok(Stack {
+            mounted_remote: false,
+            opened: false,
+            loop_dev: existing_loop(),
+            size: size_now(),
+        });
+    }
+    let mounted_remote = remote::mount(run, &job.remote, p)?;
+    // A dry-run cannot look inside a remote it has not really mounted.
+    let blind = run.is_dry() && mounted_remote;
+    let mut undo = Undo::new(run);
+    if mounted_remote {
+        undo.push(Cmd::new(remote::fusermount()).arg("-u").arg(&p.remote));
+    }
+    let key = job.key_file()?;
+    let dev = p.dm_dev.as_path();
+    let exists = if blind { !create } else { file.exists() };
+    let mut stack = Stack {
+        mounted_remote,
+        opened: true,
+        loop_dev: None,
+        size: if blind { None } else { size_now() },
+    };
+
+    if dm_slaves(&p.dm_name).is_some() {
+        // Half-open from an earlier run: the mapping is there, only fsck + mount are missing.
+        stack.loop_dev = existing_loop();
+    } else if !exists {
+        if !create {
+            return Err(fail(
+                Code::Config,
+                format!(
+                    "container {} does not exist: run e2e-open --create {} (or set container.create = true in {})",
+                    file.display(),
+                    job.name,
+                    job.origin
+                ),
+            ));
+        }
+        if read_only {
+            return Err(fail(
+                Code::Config,
+                "cannot create a container with --read-only",
+            ));
+        }
+        let size = job.container.size.ok_or_else(|| {
+            fail(
+                Code::Config,
+                format!(
+                    "{}: container.size: required to create the container",
+                    job.origin
+                ),
+            )
+        })?;
+        if blind {
+            run.note("the remote is not mounted yet, so this script guards against an existing container:");
+            run.run(&Cmd::new("test").arg("!").arg("-e").arg(&file))?;
+        }
+        run.run(&ct::truncate(&file, size))?;
+        undo.push(Cmd::new("rm").arg("-f").arg(&file));
+        let lp = run.capture(&ct::losetup_attach(&file, false), "loop")?;
+        undo.push(ct::losetup_detach(&lp));
+        run.run(&ct::luks_format(&lp, &key, ct::test_pbkdf()))?;
+        run.run(&ct::luks_open(
+            &lp,
+            &key,
+            &p.dm_name,
+            &OpenOpts {
+                read_only: false,
+                allow_discards: false,
+            },
+        ))?;
+        undo.push(ct::luks_close(&p.dm_name));
+        run.run(&fsys::mkfs(dev, &p.dm_name))?;
+        stack.loop_dev = Some(lp);
+        stack.size = Some(size);
+    } else {
+        run.run(&ct::is_luks(&file))?;
+        run.run(&ct::test_key(&file, &key))?;
+        let lp = match existing_loop() {
+            Some(l) => l,
+            None => {
+                let l = run.capture(&ct::losetup_attach(&file, read_only), "loop")?;
+                undo.push(ct::losetup_detach(&l));
+                l
+            }
+        };
+        run.run(&ct::luks_open(
+            &lp,
+            &key,
+            &p.dm_name,
+            &OpenOpts {
+                read_only,
+                allow_discards: false,
+            },
+        ))?;
+        undo.push(ct::luks_close(&p.dm_name));
+        stack.loop_dev = Some(lp);
+    }
+    if !read_only {
+        run.run(&fsys::fsck(dev))?;
+    }
+    run.run(&fsys::mount(dev, &p.fs, read_only))?;
+    undo.done();
+    Ok(stack)
+}
+
+/// Undo what [`ensure_open`] did (nothing if the stack was already up).
+pub fn close_opened(ctx: &Ctx, s: &Stack) -> Result<()> {
+    let p = &ctx.paths;
+    if s.opened {
+        ctx.run.run(&fsys::umount(&p.fs))?;
+        ctx.run.run(&ct::luks_close(&p.dm_name))?;
+        if let Some(l) = &s.loop_dev {
+            ctx.run.run(&ct::losetup_detach(l))?;
+        }
+    }
+    if s.mounted_remote {
+        remote::unmount(&ctx.run, p, true)?;
+    }
+    Ok(())
+}
+
+/// Run `f` with the stack open, then leave it as found (also when `f` fails).
+fn with_stack<T>(
+    ctx: &Ctx,
+    job: &Job,
+    read_only: bool,
+    f: impl FnOnce(&mut Stack) -> Result<T>,
+) -> Result<T> {
+    let mut stack = ensure_open(ctx, job, job.container.create, read_only)?;
+    let r = f(&mut stack);
+    let c = close_opened(ctx, &stack);
+    let v = r?;
+    c?;
+    Ok(v)
+}
+
+// ---------------------------------------------------------------------------------------------
+// e2e-sync
+
+/// An exclusive lock on /run/e2e-backup/<job>/lock for the whole run (dropped = released).
+fn lock(ctx: &Ctx) -> Result<Option<nix::fcntl::Flock<std::fs::File>>> {
+    use nix::fcntl::{Flock, FlockArg};
+    if ctx.run.is_dry() {
+        return Ok(None);
+    }
+    remote::make_dirs(&ctx.run, &ctx.paths)?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&ctx.paths.lock)?;
+    match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => Ok(Some(l)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(fail(
+            Code::Locked,
+            format!(
+                "job {} is already running on this host (lock {} is held)",
+                ctx.paths.job,
+                ctx.paths.lock.display()
+            ),
+        )),
+        Err((_, e)) => Err(fail(
+            Code::Runtime,
+            format!("lock {}: {e}", ctx.paths.lock.display()),
+        )),
+    }
+}
+
+pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
+    let ctx = Ctx::new(&cli.common)?;
+    let job = ctx.job()?;
+    let _lock = lock(&ctx)?;
+    if let Some(r) = &cli.restore {
+        return restore(&ctx, &job, &r[0], &r[1]);
+    }
+    if cli.list {
+        return with_stack(&ctx, &job, true, |_| {
+            let (stamps, _) = snapshots::scan(&ctx.paths.fs);
+            for (s, _) in stamps {
+                println!("{s}");
+            }
+            Ok(None)
+        });
+    }
+    if job.sync.paths.is_empty() {
+        return Err(fail(
+            Code::Config,
+            format!(
+                "{}: sync.paths: required but not set (or give --source PATH)",
+                job.origin
+            ),
+        ));
+    }
+    let mut job = job;
+    job.container.create |= cli.create;
+    with_stack(&ctx, &job, false, |stack| {
+        if !cli.no_grow {
+            auto_grow(&ctx, &job, stack)?;
+        }
+        backup(&ctx, &job, !cli.no_prune).map(Some)
+    })
+}
+
+fn backup(ctx: &Ctx, job: &Job, prune: bool) -> Result<PathBuf> {
+    let run = &ctx.run;
+    let fs = ctx.paths.fs.as_path();
+    let snaps = fs.join("snapshots");
+    let (stamps, leftovers) = snapshots::scan(fs);
+    // A crashed run's .inflight is incomplete: never a link-dest, always removed.
+    for l in &leftovers {
+        run.run(&Cmd::new("rm").arg("-rf").arg(snaps.join(l)))?;
+    }
+    run.run(
+        &Cmd::new("install")
+            .args(["-d", "-m", "0700"])
+            .arg(&snaps)
+            .arg(fs.join("logs")),
+    )?;
+    let mut now = timefmt::now();
+    while stamps.iter().any(|s| s.1 == now) {
+        now += 1; // two runs within one second
+    }
+    let stamp = timefmt::format_stamp(now);
+    let link = snapshots::latest(fs).or_else(|| stamps.last().map(|s| s.0.clone()));
+    if run.is_dry() && !ctx.fs_mounted() {
+        run.note("the container is not open yet, so no --link-dest and no pruning are shown");
+    }
+    let cmd = snapshots::rsync_backup(&job.sync, fs, &stamp, link.as_deref());
+    let out = run.run_streaming(&cmd, progress_reporter())?;
+    finish_progress();
+    if out.code == 24 {
+        eprintln!("note: some files vanished during the transfer (rsync exit 24); snapshot kept");
+    }
+    let dest = snaps.join(&stamp);
+    run.run(
+        &Cmd::new("mv")
+            .arg("-T")
+            .arg(snaps.join(format!("{stamp}{INFLIGHT}")))
+            .arg(&dest),
+    )?;
+    // Point `latest` at the new snapshot atomically: symlink beside it, then rename over.
+    let tmp = fs.join("latest.tmp");
+    run.run(
+        &Cmd::new("ln")
+            .arg("-sfn")
+            .arg(format!("snapshots/{stamp}"))
+            .arg(&tmp),
+    )?;
+    run.run(&Cmd::new("mv").arg("-T").arg(&tmp).arg(fs.join("latest")))?;
+    if prune {
+        let mut all = stamps.clone();
+        all.push((stamp.clone(), now));
+        let keep = snapshots::select_keep(&all, &job.retention);
+        for (s, _) in all.iter().filter(|s| !keep.contains(&s.0) && s.0 != stamp) {
+            let doomed = snaps.join(format!("{s}{PRUNING}"));
+            run.run(&Cmd::new("mv").arg("-T").arg(snaps.join(s)).arg(&doomed))?;
+            run.run(&Cmd::new("rm").arg("-rf").arg(&doomed))?;
+        }
+    }
+    run.run(&fsys::sync_fs(fs))?;
+    Ok(dest)
+}
+
+/// Progress to a TTY (stderr) and to systemd (`STATUS=`) when `NOTIFY_SOCKET` is set.
+fn progress_reporter() -> impl FnMut(&str) {
+    let tty = std::io::stderr().is_terminal();
+    let notify = std::env::var_os("NOTIFY_SOCKET").is_some();
+    let mut last = Instant::now() - Duration::from_secs(10);
+    move |line: &str| {
+        let Some(status) = snapshots::parse_progress(line) else {
+            return;
+        };
+        if tty {
+            eprint!("\r{status}\x1b[K");
+        }
+        if notify && last.elapsed() >= Duration::from_secs(1) {
+            last = Instant::now();
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&status)]);
+        }
+    }
+}
+
+fn finish_progress() {
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+}
+
+fn restore(ctx: &Ctx, job: &Job, spec: &str, target: &str) -> Result<Option<PathBuf>> {
+    with_stack(ctx, job, true, |_| {
+        let src = if ctx.run.is_dry() && !ctx.fs_mounted() {
+            // Not open in a dry-run: let the script follow the `latest` symlink itself.
+            let (snap, rest) = spec.split_once('/').unwrap_or((spec, ""));
+            if !spec.contains('/') {
+                ctx.run
+                    .note("restoring the contents of the snapshot (as SNAPSHOT/ would)");
+            }
+            PathBuf::from(format!("{}/{snap}/{rest}", ctx.paths.fs.display()))
+        } else {
+            snapshots::resolve_restore_source(&ctx.paths.fs, spec)?
+        };
+        if !ctx.run.is_dry() && std::fs::symlink_metadata(&src).is_err() {
+            return Err(fail(
+                Code::Config,
+                format!("{spec}: no such path in the snapshot"),
+            ));
+        }
+        ctx.run
+            .run_streaming(&snapshots::rsync_restore(&src, target), progress_reporter())?;
+        finish_progress();
+        Ok(Some(PathBuf::from(target)))
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// e2e-grow
+
+/// Before a sync: grow by container.auto_grow_step when free space is below auto_grow_free.
+fn auto_grow(ctx: &Ctx, job: &Job, stack: &mut Stack) -> Result<()> {
+    let c = &job.container;
+    if c.auto_grow_free.is_zero() {
+        return Ok(());
+    }
+    let (Ok((free, _)), Some(size)) = (fsys::usage(&ctx.paths.fs), stack.size) else {
+        ctx.run
+            .note("auto-grow check skipped: filesystem not mounted yet");
+        return Ok(());
+    };
+    if ctx.run.is_dry() && !ctx.fs_mounted() {
+        ctx.run
+            .note("auto-grow check skipped: filesystem not mounted yet");
+        return Ok(());
+    }
+    if free >= c.auto_grow_free.of(size) {
+        return Ok(());
+    }
+    let mut new = size + c.auto_grow_step.of(size);
+    if let Some(max) = c.max_size {
+        new = new.min(max);
+    }
+    if new <= size {
+        eprintln!(
+            "warning: container has only {} free and is at container.max_size; not growing",
+            human(free)
+        );
+        return Ok(());
+    }
+    match grow_to(ctx, job, stack, new) {
+        Err(e) if code_of(&e) == Code::NoSpace => {
+            eprintln!("warning: not growing before sync: {e:#}");
+            Ok(())
+        }
+        r => r,
+    }
+}
+
+/// Online grow: file → loop capacity → LUKS → ext4 (systemd-homed's order).
+fn grow_to(ctx: &Ctx, job: &Job, stack: &mut Stack, new: u64) -> Result<()> {
+    let p = &ctx.paths;
+    let run = &ctx.run;
+    let file = ctx.container_file(job);
+    let new = new.div_ceil(4096) * 4096; // whole LUKS sectors
+    let cur = stack.size.unwrap_or(0);
+    if new < cur {
+        return Err(fail(
+            Code::Config,
+            format!("refusing to shrink {} from {} to {}: ext4 shrinks only offline; e2e-trim returns unused space", file.display(), human(cur), human(new)),
+        ));
+    }
+    if new == cur {
+        return Ok(());
+    }
+    if !(run.is_dry() && stack.mounted_remote) {
+        let free = remote::server_free(p)?;
+        let need = (new - cur).saturating_add(job.container.server_reserve);
+        if free < need {
+            return Err(fail(
+                Code::NoSpace,
+                format!(
+                    "server has {} free; growing by {} would leave less than container.server_reserve ({})",
+                    human(free),
+                    human(new - cur),
+                    human(job.container.server_reserve)
+                ),
+            ));
+        }
+    }
+    let key = job.key_file()?;
+    let lp = stack.loop_dev.clone().ok_or_else(|| {
+        fail(
+            Code::Runtime,
+            format!(
+                "no loop device backs {}: is it open through e2e-trim?",
+                file.display()
+            ),
+        )
+    })?;
+    run.run(&ct::truncate(&file, new))?;
+    run.run(&ct::losetup_refresh(&lp))?;
+    run.run(&ct::luks_resize(&p.dm_name, &key))?;
+    run.run(&fsys::resize2fs(&p.dm_dev))?;
+    stack.size = Some(new);
+    Ok(())
+}
+
+pub fn grow(cli: GrowCli) -> Result<Option<PathBuf>> {
+    let ctx = Ctx::new(&cli.common)?;
+    let job = ctx.job()?;
+    let _lock = lock(&ctx)?;
+    let file = ctx.container_file(&job);
+    with_stack(&ctx, &job, false, |stack| {
+        let cur = stack.size;
+        let new = match (&cli.to, &cli.by) {
+            (Some(to), _) => {
+                config::parse_size(to).map_err(|e| fail(Code::Config, format!("--to: {e}")))?
+            }
+            (None, Some(by)) => {
+                let spec =
+                    parse_size_spec(by).map_err(|e| fail(Code::Config, format!("--by: {e}")))?;
+                let Some(cur) = cur else {
+                    ctx.run
+                        .note("current size unknown in a dry-run before the container is open");
+                    return Ok(Some(file.clone()));
+                };
+                cur + spec.of(cur)
+            }
+            (None, None) => unreachable!("clap requires --to or --by"),
+        };
+        if let Some(max) = job.container.max_size {
+            if new > max {
+                return Err(fail(
+                    Code::Config,
+                    format!(
+                        "{} is more than container.max_size ({}) in {}",
+                        human(new),
+                        human(max),
+                        job.origin
+                    ),
+                ));
+            }
+        }
+        grow_to(&ctx, &job, stack, new)?;
+        Ok(Some(file.clone()))
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// e2e-trim
+
+fn free_local_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn free_nbd_device() -> Option<PathBuf> {
+    let mut devs: Vec<(u32, PathBuf)> = std::fs::read_dir("/sys/block")
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let i: u32 = n.strip_prefix("nbd")?.parse().ok()?;
+            // A connected device has a pid file and a non-zero size.
+            let busy = e.path().join("pid").exists();
+            (!busy).then(|| (i, Path::new("/dev").join(&n)))
+        })
+        .collect();
+    devs.sort();
+    devs.into_iter().next().map(|d| d.1)
+}
+
+pub fn trim(cli: TrimCli) -> Result<Option<PathBuf>> {
+    let ctx = Ctx::new(&cli.common)?;
+    let job = ctx.job()?;
+    let _lock = lock(&ctx)?;
+    let p = &ctx.paths;
+    let run = &ctx.run;
+    let r = &job.remote;
+    let file = ctx.container_file(&job);
+    if ctx.fs_mounted()
+        || dm_slaves(&p.dm_name).is_some()
+        || !loops_backed_by(&file, false).is_empty()
+    {
+        return Err(fail(
+            Code::Refused,
+            format!("container of job {} is open through e2e-open; run e2e-close {} first (TRIM goes through NBD, not the loop device)", job.name, job.name),
+        ));
+    }
+    let key = job.key_file()?;
+    let nbd = match cli.nbd_device.clone().or_else(free_nbd_device) {
+        Some(d) => d,
+        None if run.is_dry() => PathBuf::from("/dev/nbd0"),
+        None => {
+            return Err(fail(
+                Code::Runtime,
+                "no free NBD device: load the module (modprobe nbd)",
+            ))
+        }
+    };
+    let port = match cli.local_port {
+        Some(pt) => pt,
+        None => free_local_port()?,
+    };
+    remote::make_dirs(run, p)?;
+    let alloc = remote::allocated_cmd(r, &job.container.file);
+    let before = run.query(&alloc)?.and_then(|o| remote::parse_allocated(&o));
+
+    let mut undo = Undo::new(run);
+    // The tunnel: nbd-server listens on the server's loopback only; NBD is plain text.
+    let ctl = format!("ControlPath={}", p.ssh_ctl.display());
+    let r2 = r.clone();
+    let tunnel = remote::ssh(r)
+        .args([
+            "-f",
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-o",
+            "ControlMaster=yes",
+            "-o",
+        ])
+        .arg(&ctl)
+        .arg("-L")
+        .arg(format!("127.0.0.1:{port}:127.0.0.1:{}", cli.nbd_port))
+        .arg(remote::destination(r))
+        .on_fail(move |rc, stderr| (rc == 255).then(|| remote::classify_ssh_error(&r2, stderr)));
+    run.run(&tunnel)?;
+    undo.push(
+        Cmd::new("ssh")
+            .arg("-o")
+            .arg(&ctl)
+            .args(["-O", "exit"])
+            .arg(remote::destination(r)),
+    );
+    let export = job.container.file.clone();
+    run.run(
+        &Cmd::new("nbd-client")
+            .arg("127.0.0.1")
+            .arg(port.to_string())
+            .arg(&nbd)
+            .arg("-N")
+            .arg(&export)
+            .on_fail(move |_, stderr| {
+                Some(crate::Fail::new(
+                    Code::Remote,
+                    format!(
+                        "nbd-client could not attach export {export:?} through the tunnel ({}): is nbd-server running on the server with that export and listenaddr 127.0.0.1?",
+                        stderr.lines().last().unwrap_or("").trim()
+                    ),
+                ))
+            }),
+    )?;
+    undo.push(Cmd::new("nbd-client").arg("-d").arg(&nbd));
+    run.run(&ct::is_luks(&nbd))?;
+    run.run(&ct::luks_open(
+        &nbd,
+        &key,
+        &p.dm_name,
+        &OpenOpts {
+            read_only: false,
+            allow_discards: true,
+        },
+    ))?;
+    undo.push(ct::luks_close(&p.dm_name));
+    run.run(&fsys::fsck(&p.dm_dev))?;
+    run.run(&fsys::mount(&p.dm_dev, &p.fs, false))?;
+    undo.push(fsys::umount(&p.fs));
+    let out = run.run(&fsys::fstrim(&p.fs))?;
+    let claimed = fsys::parse_fstrim(&out.stdout);
+    drop(undo); // tear down in reverse: umount, close, nbd-client -d, tunnel exit
+    let after = run.query(&alloc)?.and_then(|o| remote::parse_allocated(&o));
+    if let (Some(b), Some(a)) = (before, after) {
+        eprintln!(
+            "server allocated bytes: before {b} ({}), after {a} ({})",
+            human(b),
+            human(a)
+        );
+        if a >= b && claimed.unwrap_or(0) > 0 {
+            return Err(fail(
+                Code::Runtime,
+                format!(
+                    "fstrim reported {} trimmed but the server file did not shrink ({b} → {a} bytes): check `trim = true` in the server's nbd-server export",
+                    human(claimed.unwrap_or(0))
+                ),
+            ));
+        }
+    }
+    Ok(Some(file))
+}
+
+// ---------------------------------------------------------------------------------------------
+// e2e-close
+
+/// Tear down from any state, using only what the kernel shows (no job file needed).
+pub fn close(cli: CloseCli) -> Result<Option<PathBuf>> {
+    let ctx = Ctx::new(&cli.common)?;
+    let p = &ctx.paths;
+    let run = &ctx.run;
+    if mount_at(&p.fs).is_some() {
+        // ext4 over a loop over a hung sshfs blocks umount; killing sshfs turns that into I/O errors.
+        if run
+            .run_timeout(&fsys::umount(&p.fs), Duration::from_secs(60))?
+            .is_none()
+        {
+            remote::kill_sshfs(run, p)?;
+            run.run(&Cmd::new("umount").arg("-l").arg(&p.fs))?;
+        }
+    }
+    if let Some(slaves) = dm_slaves(&p.dm_name) {
+        run.run(&ct::luks_close(&p.dm_name))?;
+        for s in slaves.iter().filter(|s| s.starts_with("nbd")) {
+            run.run(&Cmd::new("nbd-client").arg("-d").arg(format!("/dev/{s}")))?;
+        }
+    }
+    for l in loops_backed_by(&p.remote, true) {
+        run.run(&ct::losetup_detach(&l))?;
+    }
+    if p.ssh_ctl.exists() {
+        let ctl = format!("ControlPath={}", p.ssh_ctl.display());
+        run.run(
+            &Cmd::new("ssh")
+                .arg("-o")
+                .arg(ctl)
+                .args(["-O", "exit", "e2e-backup"]),
+        )?;
+    }
+    if !cli.keep_remote {
+        remote::unmount(run, p, false)?;
+    }
+    Ok(None)
+}

@@ -1,0 +1,367 @@
+//! The server side: ssh reachability probe, sshfs mount/unmount, server free space (statvfs through
+//! sshfs, which forwards `statvfs@openssh.com`), server allocated bytes (stat over ssh).
+
+use crate::config::Remote;
+use crate::error::{fail, Code, Fail};
+use crate::exec::{last_line, quote, Cmd, Runner};
+use crate::paths::{mount_at, JobPaths};
+use anyhow::Result;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// ssh options shared by every connection: pinned host key, key-only auth, fail fast on a dead link.
+/// ServerAlive 10 s × 3 declares a dead link in ~30 s instead of hanging forever.
+pub fn ssh_options(r: &Remote) -> Vec<(String, String)> {
+    [
+        ("BatchMode", "yes".to_string()),
+        ("ConnectTimeout", "15".to_string()),
+        ("StrictHostKeyChecking", "yes".to_string()),
+        ("UserKnownHostsFile", r.known_hosts.display().to_string()),
+        ("GlobalKnownHostsFile", "/dev/null".to_string()),
+        ("IdentityFile", r.identity_file.display().to_string()),
+        ("IdentitiesOnly", "yes".to_string()),
+        ("ServerAliveInterval", "10".to_string()),
+        ("ServerAliveCountMax", "3".to_string()),
+        ("Port", r.port.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// `user@host` for ssh (ssh takes IPv6 literals bare here).
+pub fn destination(r: &Remote) -> String {
+    format!("{}@{}", r.user, r.host)
+}
+
+fn sftp_target(r: &Remote) -> String {
+    let host = if r.host.contains(':') {
+        format!("[{}]", r.host)
+    } else {
+        r.host.clone()
+    };
+    format!("{}@{}:{}", r.user, host, r.path)
+}
+
+/// `ssh OPTIONS user@host` ready for a remote command or `-N`.
+pub fn ssh(r: &Remote) -> Cmd {
+    let mut c = Cmd::new("ssh");
+    for (k, v) in ssh_options(r) {
+        c = c.arg("-o").arg(format!("{k}={v}"));
+    }
+    c
+}
+
+/// Classify an ssh failure (exit 255) from its stderr.
+pub fn classify_ssh_error(r: &Remote, stderr: &str) -> Fail {
+    let host = format!("{}:{}", r.host, r.port);
+    let kh = r.known_hosts.display();
+    let has = |s: &str| stderr.contains(s);
+    if has("REMOTE HOST IDENTIFICATION HAS CHANGED")
+        || has("Host key verification failed")
+        || has("host key is known")
+    {
+        Fail::new(
+            Code::Remote,
+            format!("host key of {host} does not match {kh}: refusing to connect (if the server key really changed, update remote.known_hosts)"),
+        )
+    } else if has("Permission denied") {
+        Fail::new(
+            Code::Remote,
+            format!("{host} refused the key {}: check remote.user and remote.identity_file and the server's authorized_keys", r.identity_file.display()),
+        )
+    } else {
+        let last = match last_line(stderr) {
+            "" => "no answer",
+            l => l,
+        };
+        Fail::new(
+            Code::Remote,
+            format!("cannot reach {host}: {last} (check remote.host, remote.port, the network)"),
+        )
+    }
+}
+
+/// A quick `ssh … true` so an unreachable host and a host-key mismatch each get their own message
+/// before sshfs hides them behind "read: Connection reset by peer".
+pub fn probe(r: &Remote) -> Cmd {
+    let r2 = r.clone();
+    ssh(r)
+        .arg(destination(r))
+        .arg("true")
+        .on_fail(move |rc, stderr| (rc == 255).then(|| classify_ssh_error(&r2, stderr)))
+}
+
+/// Escape a value for a FUSE `-o` option (commas separate options).
+fn fuse_opt(v: &str) -> String {
+    v.replace('\\', "\\\\").replace(',', "\\,")
+}
+
+/// The sshfs invocation. No `reconnect`: files opened before a reconnect keep failing, and the loop
+/// device holds exactly such a file, so a dropped link must end the run.
+pub fn sshfs(r: &Remote, mountpoint: &Path, foreground: bool) -> Cmd {
+    let mut c = Cmd::new("sshfs");
+    if foreground {
+        c = c.arg("-f");
+    }
+    c = c
+        .arg(sftp_target(r))
+        .arg(mountpoint)
+        .arg("-o")
+        .arg("allow_other");
+    for (k, v) in ssh_options(r) {
+        c = c.arg("-o").arg(format!("{k}={}", fuse_opt(&v)));
+    }
+    let r2 = r.clone();
+    c.on_fail(move |_, stderr| {
+        let s = stderr;
+        if s.contains("No such file or directory") {
+            Some(Fail::new(
+                Code::Remote,
+                format!("remote.path {} does not exist on {}", r2.path, r2.host),
+            ))
+        } else if s.contains("Host key")
+            || s.contains("host key")
+            || s.contains("Connection")
+            || s.contains("Permission denied")
+        {
+            Some(classify_ssh_error(&r2, s))
+        } else {
+            None
+        }
+    })
+}
+
+pub fn is_mounted(paths: &JobPaths) -> bool {
+    mount_at(&paths.remote).is_some_and(|m| m.fstype == "fuse.sshfs")
+}
+
+/// Create /run/e2e-backup/<job>/ and its subdirectories with mode 0700.
+pub fn make_dirs(run: &Runner, paths: &JobPaths) -> Result<()> {
+    let missing: Vec<&PathBuf> = [&paths.dir, &paths.remote, &paths.fs]
+        .into_iter()
+        .filter(|p| !p.is_dir())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    run.run(
+        &Cmd::new("install")
+            .arg("-d")
+            .arg("-m")
+            .arg("0700")
+            .args(missing),
+    )?;
+    Ok(())
+}
+
+/// Mount the remote directory (idempotent). Returns whether it mounted it now.
+pub fn mount(run: &Runner, r: &Remote, paths: &JobPaths) -> Result<bool> {
+    if is_mounted(paths) {
+        return Ok(false);
+    }
+    make_dirs(run, paths)?;
+    run.run(&probe(r))?;
+    run.run(&sshfs(r, &paths.remote, false))?;
+    Ok(true)
+}
+
+/// The FUSE unmount helper available here (fuse3's, else fuse2's).
+pub fn fusermount() -> &'static str {
+    let found = |n: &str| {
+        std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(n).is_file()))
+            .unwrap_or(false)
+    };
+    if found("fusermount3") || !found("fusermount") {
+        "fusermount3"
+    } else {
+        "fusermount"
+    }
+}
+
+/// pids of sshfs processes serving `mountpoint`.
+pub fn sshfs_pids(mountpoint: &Path) -> Vec<i32> {
+    let mut pids = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    let mp = mountpoint.to_string_lossy();
+    for e in rd.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_sshfs = args
+            .first()
+            .is_some_and(|a| a == "sshfs" || a.ends_with("/sshfs"));
+        if is_sshfs && args.iter().any(|a| a.trim_end_matches('/') == mp) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Kill the sshfs serving `paths.remote` (a hung sshfs blocks every caller; only killing it helps).
+pub fn kill_sshfs(run: &Runner, paths: &JobPaths) -> Result<()> {
+    for pid in sshfs_pids(&paths.remote) {
+        run.run(&Cmd::new("kill").arg("-KILL").arg(pid.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Unmount the sshfs mount; if the unmount hangs or fails, kill sshfs and detach lazily.
+/// `known_mounted`: this run mounted it (a dry-run cannot see that in the mount table).
+pub fn unmount(run: &Runner, paths: &JobPaths, known_mounted: bool) -> Result<()> {
+    if !known_mounted && !is_mounted(paths) {
+        return Ok(());
+    }
+    let fm = fusermount();
+    let clean = Cmd::new(fm).arg("-u").arg(&paths.remote);
+    let done = match run.run_timeout(&clean, Duration::from_secs(15)) {
+        Ok(Some(_)) => true,
+        Ok(None) => false,
+        Err(e) => {
+            eprintln!("warning: {e:#}; killing sshfs");
+            false
+        }
+    };
+    if !done {
+        kill_sshfs(run, paths)?;
+        run.run(&Cmd::new(fm).arg("-uz").arg(&paths.remote))?;
+    }
+    Ok(())
+}
+
+/// Bytes available to us on the server's filesystem (sshfs passes statvfs through).
+pub fn server_free(paths: &JobPaths) -> Result<u64> {
+    let s = nix::sys::statvfs::statvfs(&paths.remote).map_err(|e| {
+        fail(
+            Code::Runtime,
+            format!("statvfs {}: {e}", paths.remote.display()),
+        )
+    })?;
+    Ok(s.blocks_available() as u64 * s.fragment_size() as u64)
+}
+
+/// `ssh … stat -c '%b %B' FILE`: the server's allocated bytes for the container.
+pub fn allocated_cmd(r: &Remote, file: &str) -> Cmd {
+    let path = format!("{}/{}", r.path.trim_end_matches('/'), file);
+    // ssh joins its arguments into one line for the remote shell, so quote for that shell.
+    let remote_cmd = format!("stat -c '%b %B' -- {}", quote(&path));
+    let r2 = r.clone();
+    ssh(r)
+        .arg(destination(r))
+        .arg(remote_cmd)
+        .on_fail(move |rc, stderr| (rc == 255).then(|| classify_ssh_error(&r2, stderr)))
+}
+
+pub fn parse_allocated(out: &str) -> Option<u64> {
+    let mut it = out.split_whitespace();
+    let blocks: u64 = it.next()?.parse().ok()?;
+    let size: u64 = it.next()?.parse().ok()?;
+    blocks.checked_mul(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn remote() -> Remote {
+        Remote {
+            host: "backup.example.org".into(),
+            port: 2222,
+            user: "alice".into(),
+            path: "/srv/backup/alice".into(),
+            identity_file: "/etc/e2e-backup/id_ed25519".into(),
+            known_hosts: "/etc/e2e-backup/known_hosts".into(),
+        }
+    }
+
+    #[test]
+    fn sshfs_argv() {
+        let c = sshfs(&remote(), Path::new("/run/e2e-backup/home/remote"), false);
+        assert_eq!(
+            c.argv(),
+            [
+                "sshfs",
+                "alice@backup.example.org:/srv/backup/alice",
+                "/run/e2e-backup/home/remote",
+                "-o",
+                "allow_other",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=15",
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                "UserKnownHostsFile=/etc/e2e-backup/known_hosts",
+                "-o",
+                "GlobalKnownHostsFile=/dev/null",
+                "-o",
+                "IdentityFile=/etc/e2e-backup/id_ed25519",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "ServerAliveInterval=10",
+                "-o",
+                "ServerAliveCountMax=3",
+                "-o",
+                "Port=2222",
+            ]
+        );
+        let f = sshfs(&remote(), Path::new("/m"), true);
+        assert_eq!(f.argv()[1], "-f");
+        assert!(!c.argv().iter().any(|a| a.contains("reconnect")));
+    }
+
+    #[test]
+    fn sshfs_escapes_commas_and_ipv6() {
+        let mut r = remote();
+        r.identity_file = "/k,ey".into();
+        r.host = "::1".into();
+        let a = sshfs(&r, Path::new("/m"), false).argv();
+        assert!(a.contains(&"IdentityFile=/k\\,ey".to_string()));
+        assert_eq!(a[1], "alice@[::1]:/srv/backup/alice");
+    }
+
+    #[test]
+    fn probe_and_stat() {
+        let p = probe(&remote()).argv();
+        assert_eq!(p[p.len() - 2..], ["alice@backup.example.org", "true"]);
+        let s = allocated_cmd(&remote(), "home.luks");
+        assert_eq!(
+            s.argv().last().unwrap(),
+            "stat -c '%b %B' -- /srv/backup/alice/home.luks"
+        );
+        assert_eq!(parse_allocated("2048 512\n"), Some(1 << 20));
+        assert_eq!(parse_allocated("x"), None);
+    }
+
+    #[test]
+    fn ssh_errors() {
+        let r = remote();
+        let e = classify_ssh_error(&r, "@@@@\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\nHost key verification failed.\n");
+        assert!(
+            e.msg
+                .starts_with("host key of backup.example.org:2222 does not match"),
+            "{}",
+            e.msg
+        );
+        let e = classify_ssh_error(
+            &r,
+            "ssh: connect to host backup.example.org port 2222: Connection refused\n",
+        );
+        assert_eq!(e.msg, "cannot reach backup.example.org:2222: ssh: connect to host backup.example.org port 2222: Connection refused (check remote.host, remote.port, the network)");
+        assert_eq!(e.code, Code::Remote);
+        let e = classify_ssh_error(&r, "alice@h: Permission denied (publickey).\n");
+        assert!(e.msg.contains("refused the key"));
+    }
+}

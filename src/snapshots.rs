@@ -1,0 +1,415 @@
+//! Snapshots inside the container: rsync with `--link-dest`, inflight → rename → `latest`, retention,
+//! restore, progress parsing.
+
+use crate::config::{Retention, Sync};
+use crate::error::{Code, Fail};
+use crate::exec::Cmd;
+use crate::timefmt::{civil, iso_week, parse_stamp};
+use std::collections::{BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+
+pub const INFLIGHT: &str = ".inflight";
+/// A snapshot being pruned: renamed first so a crash mid-delete never leaves a half snapshot listed.
+pub const PRUNING: &str = ".prune";
+
+/// Snapshot stamps in `fs/snapshots`, oldest first, and leftovers (`*.inflight`, `*.prune`) to remove.
+pub fn scan(fs: &Path) -> (Vec<(String, i64)>, Vec<String>) {
+    let mut stamps = Vec::new();
+    let mut leftovers = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(fs.join("snapshots")) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(t) = parse_stamp(&name) {
+                stamps.push((name, t));
+            } else if name.ends_with(INFLIGHT) || name.ends_with(PRUNING) {
+                leftovers.push(name);
+            }
+        }
+    }
+    stamps.sort_by_key(|s| s.1);
+    leftovers.sort();
+    (stamps, leftovers)
+}
+
+/// The stamp `latest` points to, if that snapshot exists.
+pub fn latest(fs: &Path) -> Option<String> {
+    let target = std::fs::read_link(fs.join("latest")).ok()?;
+    let name = target.strip_prefix("snapshots").ok()?.to_str()?.to_string();
+    (parse_stamp(&name).is_some() && fs.join("snapshots").join(&name).is_dir()).then_some(name)
+}
+
+/// The backup rsync. Sources are transferred with `--relative` so `/home` and `/var/lib/x` keep
+/// their full paths inside the snapshot and cannot collide. `--link-dest` is relative to the
+/// destination, hence `../STAMP`.
+pub fn rsync_backup(sync: &Sync, fs: &Path, stamp: &str, link_dest: Option<&str>) -> Cmd {
+    let mut c = Cmd::new("rsync")
+        .args([
+            "-aHAX",
+            "--numeric-ids",
+            "--delete",
+            "--delete-excluded",
+            "--relative",
+        ])
+        .args(["--info=progress2", "--stats"])
+        .arg(format!(
+            "--log-file={}",
+            fs.join("logs").join(format!("{stamp}.log")).display()
+        ));
+    for e in &sync.exclude {
+        c = c.arg(format!("--exclude={e}"));
+    }
+    for e in &sync.exclude_from {
+        c = c.arg(format!("--exclude-from={}", e.display()));
+    }
+    if let Some(l) = link_dest {
+        c = c.arg(format!("--link-dest=../{l}"));
+    }
+    let dest = format!(
+        "{}/",
+        fs.join("snapshots")
+            .join(format!("{stamp}{INFLIGHT}"))
+            .display()
+    );
+    c.args(&sync.rsync_args)
+        .args(&sync.paths)
+        .arg(dest)
+        .ok_code(24)
+        .on_fail(|_, stderr| no_space(stderr))
+}
+
+fn no_space(stderr: &str) -> Option<Fail> {
+    stderr.contains("No space left on device").then(|| {
+        Fail::new(
+            Code::NoSpace,
+            "container is full: grow it (e2e-grow JOB --by SIZE) or raise container.auto_grow_free/max_size",
+        )
+    })
+}
+
+/// The restore rsync: same attribute fidelity, nothing deleted at the target.
+pub fn rsync_restore(src: &Path, target: &str) -> Cmd {
+    Cmd::new("rsync")
+        .args(["-aHAX", "--numeric-ids", "--info=progress2"])
+        .arg(src)
+        .arg(target)
+        .ok_code(24)
+        .on_fail(|_, stderr| no_space(stderr))
+}
+
+/// Resolve `SNAPSHOT[/PATH]` (SNAPSHOT a stamp or `latest`) to a path under `fs/snapshots`.
+/// A bare SNAPSHOT restores its contents (`SNAPSHOT/`); in `SNAPSHOT/PATH` a trailing slash on
+/// PATH means "contents of PATH" as in rsync.
+pub fn resolve_restore_source(fs: &Path, spec: &str) -> Result<PathBuf, Fail> {
+    let (snap, rest) = spec.split_once('/').unwrap_or((spec, ""));
+    let stamp = if snap == "latest" {
+        latest(fs)
+            .ok_or_else(|| Fail::new(Code::Config, "no snapshot yet: `latest` does not exist"))?
+    } else if parse_stamp(snap).is_some() {
+        snap.to_string()
+    } else {
+        return Err(Fail::new(
+            Code::Config,
+            format!("{snap:?} is not a snapshot: use `latest` or a stamp like 2024-01-31T02:00:00Z (see e2e-sync --list)"),
+        ));
+    };
+    if rest.split('/').any(|c| c == "..") {
+        return Err(Fail::new(
+            Code::Config,
+            format!("{spec:?}: \"..\" is not allowed"),
+        ));
+    }
+    let base = fs.join("snapshots").join(&stamp);
+    // A bare SNAPSHOT means its contents; SNAPSHOT/PATH keeps rsync's trailing-slash rule.
+    let mut p = base.into_os_string();
+    p.push("/");
+    p.push(rest);
+    Ok(PathBuf::from(p))
+}
+
+/// Which snapshots to keep (restic/borg semantics, UTC buckets). `stamps` as (name, time).
+///
+/// keep_last N keeps the N newest. keep_hourly/daily/weekly/monthly/yearly N keep, for each of the
+/// N most recent hours/days/ISO weeks/months/years that have snapshots, the newest snapshot in it.
+/// A snapshot is kept if any rule keeps it. A policy of all zeros keeps everything.
+pub fn select_keep(stamps: &[(String, i64)], p: &Retention) -> BTreeSet<String> {
+    let all = p.keep_last == 0
+        && p.keep_hourly == 0
+        && p.keep_daily == 0
+        && p.keep_weekly == 0
+        && p.keep_monthly == 0
+        && p.keep_yearly == 0;
+    if all {
+        return stamps.iter().map(|s| s.0.clone()).collect();
+    }
+    let mut newest_first: Vec<&(String, i64)> = stamps.iter().collect();
+    newest_first.sort_by_key(|s| std::cmp::Reverse(s.1));
+    let mut keep = BTreeSet::new();
+    for s in newest_first.iter().take(p.keep_last as usize) {
+        keep.insert(s.0.clone());
+    }
+    type Bucket = fn(i64) -> (i64, u32, u32, u32);
+    let rules: [(u32, Bucket); 5] = [
+        (p.keep_hourly, |t| {
+            let (y, m, d, h, ..) = civil(t);
+            (y, m, d, h)
+        }),
+        (p.keep_daily, |t| {
+            let (y, m, d, ..) = civil(t);
+            (y, m, d, 0)
+        }),
+        (p.keep_weekly, |t| {
+            let (y, w) = iso_week(t);
+            (y, w, 0, 0)
+        }),
+        (p.keep_monthly, |t| {
+            let (y, m, ..) = civil(t);
+            (y, m, 0, 0)
+        }),
+        (p.keep_yearly, |t| (civil(t).0, 0, 0, 0)),
+    ];
+    for (n, bucket) in rules {
+        let mut seen = HashSet::new();
+        for s in &newest_first {
+            if seen.len() >= n as usize {
+                break;
+            }
+            // The first (newest) snapshot met in a new bucket is that bucket's keeper.
+            if seen.insert(bucket(s.1)) {
+                keep.insert(s.0.clone());
+            }
+        }
+    }
+    keep
+}
+
+/// rsync `--info=progress2` line → a short status, e.g. `45% of 1.23G, 12.34MB/s, 0:00:12 left`.
+pub fn parse_progress(line: &str) -> Option<String> {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    if f.len() < 4 || !f[1].ends_with('%') || !f[0].chars().all(|c| c.is_ascii_digit() || c == ',')
+    {
+        return None;
+    }
+    let done: u64 = f[0].replace(',', "").parse().ok()?;
+    Some(format!(
+        "{} {} copied, {}, eta {}",
+        f[1],
+        human(done),
+        f[2],
+        f[3]
+    ))
+}
+
+/// Binary-unit rendering for messages.
+pub fn human(b: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < units.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", units[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::timefmt::{days_from_civil, format_stamp};
+
+    fn at(y: i64, m: u32, d: u32, h: i64) -> (String, i64) {
+        let t = days_from_civil(y, m, d) * 86400 + h * 3600;
+        (format_stamp(t), t)
+    }
+
+    #[test]
+    fn rsync_argv() {
+        let s = Sync {
+            paths: vec!["/home".into(), "/etc".into()],
+            exclude: vec!["*.cache".into()],
+            exclude_from: vec!["/etc/e2e-backup/x.exclude".into()],
+            rsync_args: vec!["--one-file-system".into()],
+        };
+        let fs = Path::new("/run/e2e-backup/home/fs");
+        let c = rsync_backup(&s, fs, "2024-01-02T03:04:05Z", Some("2024-01-01T03:04:05Z"));
+        assert_eq!(
+            c.argv(),
+            [
+                "rsync",
+                "-aHAX",
+                "--numeric-ids",
+                "--delete",
+                "--delete-excluded",
+                "--relative",
+                "--info=progress2",
+                "--stats",
+                "--log-file=/run/e2e-backup/home/fs/logs/2024-01-02T03:04:05Z.log",
+                "--exclude=*.cache",
+                "--exclude-from=/etc/e2e-backup/x.exclude",
+                "--link-dest=../2024-01-01T03:04:05Z",
+                "--one-file-system",
+                "/home",
+                "/etc",
+                "/run/e2e-backup/home/fs/snapshots/2024-01-02T03:04:05Z.inflight/",
+            ]
+        );
+        assert!(c
+            .script_line()
+            .ends_with("|| case $? in 24) ;; *) false ;; esac"));
+        let c = rsync_backup(&s, fs, "2024-01-02T03:04:05Z", None);
+        assert!(!c.argv().iter().any(|a| a.starts_with("--link-dest")));
+        assert_eq!(
+            rsync_restore(Path::new("/f/snapshots/S/home"), "/tmp/r").argv(),
+            [
+                "rsync",
+                "-aHAX",
+                "--numeric-ids",
+                "--info=progress2",
+                "/f/snapshots/S/home",
+                "/tmp/r"
+            ]
+        );
+    }
+
+    #[test]
+    fn restore_source() {
+        let fs = Path::new("/fs");
+        assert_eq!(
+            resolve_restore_source(fs, "2024-01-02T03:04:05Z/home/a/").unwrap(),
+            Path::new("/fs/snapshots/2024-01-02T03:04:05Z/home/a/")
+        );
+        assert_eq!(
+            resolve_restore_source(fs, "2024-01-02T03:04:05Z/").unwrap(),
+            Path::new("/fs/snapshots/2024-01-02T03:04:05Z/")
+        );
+        assert_eq!(
+            resolve_restore_source(fs, "2024-01-02T03:04:05Z").unwrap(),
+            Path::new("/fs/snapshots/2024-01-02T03:04:05Z/")
+        );
+        assert!(resolve_restore_source(fs, "2024-01-02T03:04:05Z/../x").is_err());
+        assert!(resolve_restore_source(fs, "yesterday").is_err());
+        assert!(resolve_restore_source(fs, "latest").is_err()); // no `latest` under /fs
+    }
+
+    #[test]
+    fn retention_none_keeps_all() {
+        let s = vec![at(2024, 1, 1, 0), at(2024, 1, 2, 0)];
+        assert_eq!(select_keep(&s, &Retention::default()).len(), 2);
+    }
+
+    #[test]
+    fn retention_last_and_daily() {
+        // Two snapshots a day for 10 days.
+        let mut s = Vec::new();
+        for d in 1..=10 {
+            s.push(at(2024, 3, d, 1));
+            s.push(at(2024, 3, d, 13));
+        }
+        let p = Retention {
+            keep_last: 3,
+            keep_daily: 4,
+            ..Retention::default()
+        };
+        let k = select_keep(&s, &p);
+        let want: BTreeSet<String> = [
+            at(2024, 3, 10, 13),
+            at(2024, 3, 10, 1),
+            at(2024, 3, 9, 13),
+            at(2024, 3, 8, 13),
+            at(2024, 3, 7, 13),
+        ]
+        .into_iter()
+        .map(|x| x.0)
+        .collect();
+        assert_eq!(k, want);
+    }
+
+    #[test]
+    fn retention_weekly_monthly_yearly_hourly() {
+        let s = vec![
+            at(2022, 12, 31, 0),
+            at(2023, 6, 1, 0),
+            at(2023, 6, 20, 0),
+            at(2024, 1, 1, 0), // Monday, ISO week 2024-01
+            at(2024, 1, 7, 0), // Sunday, same ISO week
+            at(2024, 1, 8, 0), // next week
+            at(2024, 1, 8, 1),
+        ];
+        let newest_of_each_year = vec![
+            at(2022, 12, 31, 0).0,
+            at(2023, 6, 20, 0).0,
+            at(2024, 1, 8, 1).0,
+        ];
+        let cases = [
+            (
+                Retention {
+                    keep_weekly: 2,
+                    ..Default::default()
+                },
+                vec![at(2024, 1, 7, 0).0, at(2024, 1, 8, 1).0],
+            ),
+            (
+                Retention {
+                    keep_monthly: 3,
+                    ..Default::default()
+                },
+                newest_of_each_year.clone(),
+            ),
+            (
+                Retention {
+                    keep_yearly: 10,
+                    ..Default::default()
+                },
+                newest_of_each_year,
+            ),
+            (
+                Retention {
+                    keep_hourly: 2,
+                    ..Default::default()
+                },
+                vec![at(2024, 1, 8, 0).0, at(2024, 1, 8, 1).0],
+            ),
+        ];
+        for (policy, want) in cases {
+            let got: Vec<String> = select_keep(&s, &policy).into_iter().collect();
+            assert_eq!(got, want, "{policy:?}");
+        }
+    }
+
+    #[test]
+    fn progress_lines() {
+        assert_eq!(
+            parse_progress("    1,234,567,890  45%   12.34MB/s    0:00:12 (xfr#5, to-chk=10/20)")
+                .as_deref(),
+            Some("45% 1.1 GiB copied, 12.34MB/s, eta 0:00:12")
+        );
+        assert_eq!(parse_progress("Number of files: 2 (reg: 1, dir: 1)"), None);
+        assert_eq!(parse_progress(""), None);
+    }
+
+    #[test]
+    fn scan_and_latest() {
+        let dir = std::env::temp_dir().join(format!("e2e-snap-test-{}", std::process::id()));
+        let snaps = dir.join("snapshots");
+        for n in [
+            "2024-01-02T00:00:00Z",
+            "2024-01-01T00:00:00Z",
+            "2024-01-03T00:00:00Z.inflight",
+            "junk",
+        ] {
+            std::fs::create_dir_all(snaps.join(n)).unwrap();
+        }
+        std::os::unix::fs::symlink("snapshots/2024-01-02T00:00:00Z", dir.join("latest")).unwrap();
+        let (s, left) = scan(&dir);
+        assert_eq!(
+            s.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(),
+            ["2024-01-01T00:00:00Z", "2024-01-02T00:00:00Z"]
+        );
+        assert_eq!(left, ["2024-01-03T00:00:00Z.inflight"]);
+        assert_eq!(latest(&dir).as_deref(), Some("2024-01-02T00:00:00Z"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
