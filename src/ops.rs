@@ -49,8 +49,12 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn new(common: &Common) -> Result<Self> {
+        Self::with_runner(common, Runner::new(common.dry_run, common.verbose))
+    }
+
+    pub fn with_runner(common: &Common, run: Runner) -> Result<Self> {
         Ok(Ctx {
-            run: Runner::new(common.dry_run, common.verbose),
+            run,
             paths: JobPaths::new(&common.job)?,
             common: common.clone(),
         })
@@ -188,21 +192,21 @@ fn mount_foreground(ctx: &Ctx, job: &Job) -> Result<Option<PathBuf>> {
             }
             _ => {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-                let _ = kill(pid, Signal::SIGTERM);
                 break Ok(None);
             }
         }
     };
-    // sshfs unmounts on SIGTERM; give it a moment, then make sure.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // Unmounting ends sshfs's loop cleanly (SIGTERM alone left it running until the next request).
+    let unmounted = remote::unmount(&ctx.run, p, false);
+    let deadline = Instant::now() + Duration::from_secs(5);
     while child.try_wait()?.is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
     if child.try_wait()?.is_none() {
-        let _ = child.kill();
+        let _ = kill(pid, Signal::SIGKILL);
         let _ = child.wait();
     }
-    remote::unmount(&ctx.run, p, false)?;
+    unmounted?;
     result
 }
 
@@ -865,4 +869,85 @@ pub fn close(cli: CloseCli) -> Result<Option<PathBuf>> {
         remote::unmount(run, p, false)?;
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Overrides;
+
+    /// The dry-run of a create + sync on a host where nothing of the job exists: a complete
+    /// script, in order, that `sh -n` accepts.
+    #[test]
+    fn dry_run_create_and_sync_is_a_script() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("e2e-ops-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("k");
+        std::fs::write(&key, "x").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let common = Common {
+            job: "e2e-unit-test-job".into(),
+            config: None,
+            config_dir: Some(dir.clone()),
+            dry_run: true,
+            verbose: false,
+            overrides: Overrides {
+                host: Some("srv".into()),
+                user: Some("u".into()),
+                remote_path: Some("/srv/b".into()),
+                identity_file: Some("/id".into()),
+                known_hosts: Some("/kh".into()),
+                size: Some("1G".into()),
+                key_file: Some(key.clone()),
+                sources: vec!["/home".into()],
+                ..Overrides::default()
+            },
+        };
+        let ctx = Ctx::with_runner(&common, Runner::buffered()).unwrap();
+        let mut job = ctx.job().unwrap();
+        job.container.create = true;
+        with_stack(&ctx, &job, false, |_| backup(&ctx, &job, true)).unwrap();
+        let script = ctx.run.script();
+        let text = script.join("\n");
+        let run = "/run/e2e-backup/e2e-unit-test-job";
+        let file = format!("{run}/remote/e2e-unit-test-job.luks");
+        let k = key.display();
+        let expect_in_order = [
+            "set -e".to_string(),
+            format!("install -d -m 0700 {run} {run}/remote {run}/fs"),
+            format!("sshfs u@srv:/srv/b {run}/remote -o allow_other"),
+            format!("test '!' -e {file}"),
+            format!("truncate -s 1073741824 {file}"),
+            format!("loop=$(losetup -f --show --direct-io=on {file})"),
+            format!("cryptsetup luksFormat --type luks2 --batch-mode --key-file {k} --sector-size 4096 \"$loop\""),
+            format!("cryptsetup open --key-file {k} \"$loop\" e2e-e2e-unit-test-job"),
+            "mkfs.ext4 -q -m0".to_string(),
+            format!("mount -t ext4 -o rw,noinit_itable,errors=remount-ro /dev/mapper/e2e-e2e-unit-test-job {run}/fs"),
+            "rsync -aHAX --numeric-ids --delete --delete-excluded".to_string(),
+            format!("mv -T {run}/fs/snapshots/"),
+            format!("mv -T {run}/fs/latest.tmp {run}/fs/latest"),
+            format!("sync -f {run}/fs"),
+            format!("umount {run}/fs"),
+            "cryptsetup close e2e-e2e-unit-test-job".to_string(),
+            "losetup -d \"$loop\"".to_string(),
+            format!("-u {run}/remote"),
+        ];
+        let mut at = 0;
+        for e in &expect_in_order {
+            let i = script[at..]
+                .iter()
+                .position(|l| l.contains(e.as_str()))
+                .unwrap_or_else(|| panic!("{e:?} not found after line {at} in:\n{text}"));
+            at += i + 1;
+        }
+        let sh = std::process::Command::new("sh")
+            .arg("-n")
+            .arg("-c")
+            .arg(&text)
+            .status()
+            .unwrap();
+        assert!(sh.success(), "sh -n rejects:\n{text}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
