@@ -220,6 +220,8 @@ pub struct Container {
     pub file: String,
     pub size: Option<u64>,
     pub key_file: Option<PathBuf>,
+    /// Where key_file came from, for messages: "container.key_file" or "--key-file".
+    pub key_label: &'static str,
     pub create: bool,
     pub auto_grow_free: SizeSpec,
     pub auto_grow_step: SizeSpec,
@@ -385,6 +387,11 @@ fn resolve(job: &str, raw: RawFile, ov: &Overrides, origin: &str) -> Result<Job>
     };
     let container = Container {
         size: size_field(ov.size.clone().or(c.size), "container.size")?,
+        key_label: if ov.key_file.is_some() {
+            "--key-file"
+        } else {
+            "container.key_file"
+        },
         key_file: ov.key_file.clone().or(c.key_file),
         create: c.create.unwrap_or(false),
         auto_grow_free: spec_field(c.auto_grow_free, "container.auto_grow_free", "10%")?,
@@ -434,7 +441,7 @@ impl Job {
         let (path, key) = match cred.filter(|p| p.exists()) {
             Some(p) => (p, "$CREDENTIALS_DIRECTORY/key"),
             None => match &self.container.key_file {
-                Some(p) => (p.clone(), "container.key_file"),
+                Some(p) => (p.clone(), self.container.key_label),
                 None => {
                     return Err(fail(
                         Code::Config,

@@ -237,7 +237,18 @@ pub fn ensure_open(ctx: &Ctx, job: &Job, create: bool, read_only: bool) -> Resul
             .map(|l| Arg::from(&l))
     };
     let size_now = || std::fs::metadata(&file).ok().map(|m| m.len());
-    if ctx.fs_mounted() {
+    if let Some(m) = mount_at(&p.fs) {
+        let ro = m.options.split(',').any(|o| o == "ro");
+        if ro && !read_only {
+            return Err(fail(
+                Code::Runtime,
+                format!(
+                    "{} is mounted read-only (a restore, or ext4 remounted it after an I/O error): run e2e-close {} and retry",
+                    p.fs.display(),
+                    job.name
+                ),
+            ));
+        }
         return Ok(Stack {
             mounted_remote: false,
             opened: false,
@@ -255,6 +266,7 @@ pub fn ensure_open(ctx: &Ctx, job: &Job, create: bool, read_only: bool) -> Resul
     let key = job.key_file()?;
     let dev = p.dm_dev.as_path();
     let exists = if blind { !create } else { file.exists() };
+    let mut created = false;
     let mut stack = Stack {
         mounted_remote,
         opened: true,
@@ -314,6 +326,7 @@ pub fn ensure_open(ctx: &Ctx, job: &Job, create: bool, read_only: bool) -> Resul
         run.run(&fsys::mkfs(dev, &p.dm_name))?;
         stack.loop_dev = Some(lp);
         stack.size = Some(size);
+        created = true;
     } else {
         run.run(&ct::is_luks(&file))?;
         run.run(&ct::test_key(&file, &key))?;
@@ -337,7 +350,8 @@ pub fn ensure_open(ctx: &Ctx, job: &Job, create: bool, read_only: bool) -> Resul
         undo.push(ct::luks_close(&p.dm_name));
         stack.loop_dev = Some(lp);
     }
-    if !read_only {
+    // A filesystem mkfs just made needs no check (and the check would cost another MMP wait).
+    if !read_only && !created {
         run.run(&fsys::fsck(dev))?;
     }
     run.run(&fsys::mount(dev, &p.fs, read_only))?;
@@ -439,7 +453,9 @@ pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
         if !cli.no_grow {
             auto_grow(&ctx, &job, stack)?;
         }
-        backup(&ctx, &job, !cli.no_prune).map(Some)
+        let dest = backup(&ctx, &job, !cli.no_prune)?;
+        notify_status(&format!("snapshot {} done", dest.display()));
+        Ok(Some(dest))
     })
 }
 
@@ -519,6 +535,12 @@ fn progress_reporter() -> impl FnMut(&str) {
             last = Instant::now();
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&status)]);
         }
+    }
+}
+
+fn notify_status(status: &str) {
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(status)]);
     }
 }
 
