@@ -32,6 +32,31 @@ Exit status: 0 success; 1 an external step failed; 2 usage or configuration erro
 unreachable or host key mismatch; 4 container refused (not LUKS, wrong key, in use by another host);
 5 locked by another run on this host; 6 out of space (server or container).";
 
+const OPEN_NOTES: &str = "\
+Environment: CREDENTIALS_DIRECTORY: if $CREDENTIALS_DIRECTORY/key exists (systemd LoadCredential=key:...)
+it is used instead of container.key_file. E2E_BACKUP_TEST_PBKDF=1 is for the test suite ONLY: it
+makes luksFormat use PBKDF2 with 1000 iterations, which makes the key slot cheap to attack.
+
+Exit status: 0 success; 1 an external step failed; 2 usage or configuration error; 3 remote
+unreachable or host key mismatch; 4 container refused (not LUKS, wrong key, in use by another host);
+5 locked by another run on this host; 6 out of space (server or container).";
+
+const TRIM_NOTES: &str = "\
+Server side: nbd-server bound to the server's loopback, one export per container, named after the
+container file, with trim on, e.g. in /etc/nbd-server/config:
+
+    [generic]
+        listenaddr = 127.0.0.1
+        port = 10809
+        user = backup
+        group = backup
+    [home.luks]
+        exportname = /srv/backup/alice/home.luks
+        trim = true
+
+NBD is plain text; e2e-trim reaches it only through an SSH tunnel (ssh -L 127.0.0.1:PORT:127.0.0.1:10809)
+with the job's pinned host key and identity. Exit status as for the other e2e-* tools (see e2e-open).";
+
 /// Mount the job's remote directory over sshfs at /run/e2e-backup/<JOB>/remote.
 ///
 /// Strict host-key checking against remote.known_hosts, keep-alives so a dead link fails within
@@ -52,7 +77,7 @@ pub struct MountCli {
 /// container.create = true). Refuses a file that is not LUKS, a wrong key, or a container another
 /// host holds open. Prints the mountpoint.
 #[derive(Debug, Parser)]
-#[command(name = "e2e-open", version, after_help = EXIT_CODES)]
+#[command(name = "e2e-open", version, after_help = OPEN_NOTES)]
 pub struct OpenCli {
     #[command(flatten)]
     pub common: Common,
@@ -116,7 +141,7 @@ pub struct GrowCli {
 /// time. Reports the server's allocated bytes before and after on stderr and judges by them.
 /// Prints the container file path.
 #[derive(Debug, Parser)]
-#[command(name = "e2e-trim", version, after_help = EXIT_CODES)]
+#[command(name = "e2e-trim", version, after_help = TRIM_NOTES)]
 pub struct TrimCli {
     #[command(flatten)]
     pub common: Common,

@@ -301,7 +301,7 @@ pub fn parse_file(text: &str, file: &Path) -> Result<RawFile> {
                     .lines()
                     .rev()
                     .map(str::trim)
-                    .find(|l| l.starts_with('['))
+                    .find(|l| l.starts_with('[') && l.ends_with(']'))
                     .map(|l| format!(" in {l}"))
                     .unwrap_or_default();
                 (format!(":{line}"), section)

@@ -199,12 +199,15 @@ impl Cmd {
             .map_err(|e| spawn_error(self, e))
     }
 
-    fn check(&self, code: Option<i32>, stderr: &str) -> Result<()> {
+    fn check(&self, code: Option<i32>, out: &Output) -> Result<()> {
         let rc = code.unwrap_or(-1);
         if rc == 0 || self.ok_codes.contains(&rc) {
             return Ok(());
         }
-        if let Some(f) = self.errmap.as_ref().and_then(|m| m(rc, stderr)) {
+        let stderr = out.stderr.as_str();
+        // Some tools (e2fsck's MMP report) put the telling part on stdout: the mapper sees both.
+        let both = format!("{}\n{}", out.stderr, out.stdout);
+        if let Some(f) = self.errmap.as_ref().and_then(|m| m(rc, &both)) {
             return Err(f.into());
         }
         let last = last_line(stderr);
@@ -364,7 +367,7 @@ impl Runner {
         if self.verbose {
             eprint!("{}{}", o.stdout, o.stderr);
         }
-        cmd.check(out.status.code(), &o.stderr)?;
+        cmd.check(out.status.code(), &o)?;
         Ok(o)
     }
 
@@ -384,7 +387,12 @@ impl Runner {
             }
             if Instant::now() >= deadline {
                 let _ = child.kill();
-                let _ = child.wait();
+                // A process in uninterruptible sleep (I/O on a dead FUSE mount) cannot be reaped
+                // yet: wait a little, then leave it.
+                let until = Instant::now() + Duration::from_secs(5);
+                while child.try_wait().ok().flatten().is_none() && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
                 eprintln!(
                     "{}: no answer after {}s, killed",
                     cmd.program,
@@ -404,7 +412,7 @@ impl Runner {
         if let Some(mut s) = child.stderr.take() {
             let _ = s.read_to_string(&mut o.stderr);
         }
-        cmd.check(status.code(), &o.stderr)?;
+        cmd.check(status.code(), &o)?;
         Ok(Some(o))
     }
 
@@ -456,7 +464,7 @@ impl Runner {
         if self.verbose {
             eprint!("{}", o.stderr);
         }
-        cmd.check(status.code(), &o.stderr)?;
+        cmd.check(status.code(), &o)?;
         Ok(o)
     }
 

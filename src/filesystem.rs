@@ -29,24 +29,24 @@ pub fn mkfs(dev: &Path, label: &str) -> Cmd {
         .arg(dev)
 }
 
-fn mmp_refusal(stderr: &str) -> Option<Fail> {
-    let s = stderr.to_ascii_lowercase();
-    if s.contains("mmp") || s.contains("in use") || s.contains("currently active") {
-        let node = stderr
-            .lines()
-            .find_map(|l| {
-                l.split_once("nodename:")
-                    .or_else(|| l.split_once("node name:"))
-            })
-            .map(|(_, n)| format!(" (held by host {})", n.trim()))
-            .unwrap_or_default();
-        Some(Fail::new(
-            Code::Refused,
-            format!("container is in use by another host{node}: close it there first (ext4 multi-mount protection)"),
-        ))
-    } else {
-        None
+fn mmp_refusal(output: &str) -> Option<Fail> {
+    let s = output.to_ascii_lowercase();
+    if !(s.contains("mmp") || s.contains("in use") || s.contains("currently active")) {
+        return None;
     }
+    let node = output
+        .lines()
+        .find_map(|l| {
+            ["node_name:", "nodename:", "node name:"]
+                .into_iter()
+                .find_map(|k| l.split_once(k))
+        })
+        .map(|(_, n)| format!(" (held by host {})", n.trim()))
+        .unwrap_or_default();
+    Some(Fail::new(
+        Code::Refused,
+        format!("container is in use by another host{node}: close it there first (ext4 multi-mount protection)"),
+    ))
 }
 
 /// `fsck.ext4 -p`: repair what is safe. Exit 1 (errors fixed) is success; MMP activity means
@@ -82,7 +82,8 @@ pub fn mount(dev: &Path, mountpoint: &Path, read_only: bool) -> Cmd {
         .args(["-t", "ext4", "-o", opts])
         .arg(dev)
         .arg(mountpoint)
-        .on_fail(|_, stderr| mmp_refusal(stderr))
+        // The kernel's MMP refusal reaches mount(8) only as EBUSY.
+        .on_fail(|_, out| mmp_refusal(&out.replace("busy", "in use")))
 }
 
 pub fn umount(mountpoint: &Path) -> Cmd {
@@ -146,7 +147,7 @@ mod tests {
 
     #[test]
     fn mmp_message() {
-        let f = mmp_refusal("e2fsck: MMP: device currently active while trying to open /dev/mapper/e2e-home\n    nodename: clientb\n").unwrap();
+        let f = mmp_refusal("e2fsck: MMP: device currently active while trying to open /dev/mapper/e2e-home\n    mmp_node_name: clientb\n").unwrap();
         assert_eq!(f.code, Code::Refused);
         assert!(f.msg.contains("(held by host clientb)"), "{}", f.msg);
         assert!(mmp_refusal("bad superblock").is_none());

@@ -256,6 +256,7 @@ pub fn ensure_open(ctx: &Ctx, job: &Job, create: bool, read_only: bool) -> Resul
             size: size_now(),
         });
     }
+    let key = job.key_file()?; // before touching anything
     let mounted_remote = remote::mount(run, &job.remote, p)?;
     // A dry-run cannot look inside a remote it has not really mounted.
     let blind = run.is_dry() && mounted_remote;
@@ -263,7 +264,6 @@ pub fn ensure_open(ctx: &Ctx, job: &Job, create: bool, read_only: bool) -> Resul
     if mounted_remote {
         undo.push(Cmd::new(remote::fusermount()).arg("-u").arg(&p.remote));
     }
-    let key = job.key_file()?;
     let dev = p.dm_dev.as_path();
     let exists = if blind { !create } else { file.exists() };
     let mut created = false;
@@ -859,15 +859,16 @@ pub fn close(cli: CloseCli) -> Result<Option<PathBuf>> {
     let ctx = Ctx::new(&cli.common)?;
     let p = &ctx.paths;
     let run = &ctx.run;
-    if mount_at(&p.fs).is_some() {
-        // ext4 over a loop over a hung sshfs blocks umount; killing sshfs turns that into I/O errors.
-        if run
-            .run_timeout(&fsys::umount(&p.fs), Duration::from_secs(60))?
-            .is_none()
-        {
-            remote::kill_sshfs(run, p)?;
-            run.run(&Cmd::new("umount").arg("-l").arg(&p.fs))?;
-        }
+    // ext4 over a loop over a hung sshfs (or a dead link) blocks umount; killing sshfs first turns
+    // that into I/O errors, and the rest of the teardown goes through.
+    if remote::is_mounted(p) && !remote::responsive(p, Duration::from_secs(20)) {
+        eprintln!("{}: sshfs does not answer; killing it", p.remote.display());
+        remote::kill_sshfs(run, p)?;
+    }
+    let umount = fsys::umount(&p.fs);
+    if mount_at(&p.fs).is_some() && run.run_timeout(&umount, Duration::from_secs(60))?.is_none() {
+        remote::kill_sshfs(run, p)?;
+        run.run(&Cmd::new("umount").arg("-l").arg(&p.fs))?;
     }
     if let Some(slaves) = dm_slaves(&p.dm_name) {
         run.run(&ct::luks_close(&p.dm_name))?;

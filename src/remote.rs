@@ -208,6 +208,17 @@ pub fn sshfs_pids(mountpoint: &Path) -> Vec<i32> {
     pids
 }
 
+/// Whether the sshfs mount answers a statfs within `limit` (a stopped sshfs or a dead link does not).
+pub fn responsive(paths: &JobPaths, limit: Duration) -> bool {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let dir = paths.remote.clone();
+    // The probe may block until sshfs dies; it is left behind on purpose then.
+    std::thread::spawn(move || {
+        let _ = tx.send(nix::sys::statvfs::statvfs(&dir).is_ok());
+    });
+    matches!(rx.recv_timeout(limit), Ok(true))
+}
+
 /// Kill the sshfs serving `paths.remote` (a hung sshfs blocks every caller; only killing it helps).
 pub fn kill_sshfs(run: &Runner, paths: &JobPaths) -> Result<()> {
     for pid in sshfs_pids(&paths.remote) {
