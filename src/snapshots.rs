@@ -74,26 +74,37 @@ pub fn rsync_backup(sync: &Sync, fs: &Path, stamp: &str, link_dest: Option<&str>
         .args(&sync.paths)
         .arg(dest)
         .ok_code(24)
-        .on_fail(|_, stderr| no_space(stderr))
+        .on_fail(|_, out| rsync_failure(out))
 }
 
-fn no_space(stderr: &str) -> Option<Fail> {
-    stderr.contains("No space left on device").then(|| {
-        Fail::new(
+/// rsync's own "rsync: …" line names what failed; its closing "rsync error: … (code N)" does not.
+fn rsync_failure(out: &str) -> Option<Fail> {
+    if out.contains("No space left on device") {
+        return Some(Fail::new(
             Code::NoSpace,
             "container is full: grow it (e2e-grow JOB --by SIZE) or raise container.auto_grow_free/max_size",
-        )
-    })
+        ));
+    }
+    out.lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("rsync: ") || l.starts_with("rsync: ["))
+        .map(|l| {
+            Fail::new(
+                Code::Runtime,
+                format!("rsync failed: {}", l.trim_start_matches("rsync: ")),
+            )
+        })
 }
 
 /// The restore rsync: same attribute fidelity, nothing deleted at the target.
 pub fn rsync_restore(src: &Path, target: &str) -> Cmd {
     Cmd::new("rsync")
-        .args(["-aHAX", "--numeric-ids", "--info=progress2"])
+        // --mkpath (rsync >= 3.2.3): create TARGET's missing parents, as a restore target often has.
+        .args(["-aHAX", "--numeric-ids", "--mkpath", "--info=progress2"])
         .arg(src)
         .arg(target)
         .ok_code(24)
-        .on_fail(|_, stderr| no_space(stderr))
+        .on_fail(|_, out| rsync_failure(out))
 }
 
 /// Resolve `SNAPSHOT[/PATH]` (SNAPSHOT a stamp or `latest`) to a path under `fs/snapshots`.
@@ -267,11 +278,28 @@ mod tests {
                 "rsync",
                 "-aHAX",
                 "--numeric-ids",
+                "--mkpath",
                 "--info=progress2",
                 "/f/snapshots/S/home",
                 "/tmp/r"
             ]
         );
+    }
+
+    #[test]
+    fn rsync_errors() {
+        let f = rsync_failure("rsync: [Receiver] mkdir \"/r/h\" failed: No such file or directory (2)\nrsync error: error in file IO (code 11) at main.c(808) [Receiver=3.2.7]\n").unwrap();
+        assert_eq!(
+            f.msg,
+            "rsync failed: [Receiver] mkdir \"/r/h\" failed: No such file or directory (2)"
+        );
+        assert_eq!(
+            rsync_failure("write failed: No space left on device")
+                .unwrap()
+                .code,
+            Code::NoSpace
+        );
+        assert!(rsync_failure("something else").is_none());
     }
 
     #[test]
