@@ -1,0 +1,18 @@
+complete -c e2e-mount -l config -d 'Job file to read instead of <config-dir>/<JOB>.toml' -r -F
+complete -c e2e-mount -l config-dir -d 'Directory of job files [env: E2E_BACKUP_CONFIG_DIR] [default: /etc/e2e-backup]' -r -F
+complete -c e2e-mount -l host -d 'Server host name (remote.host)' -r
+complete -c e2e-mount -l port -d 'SSH port (remote.port)' -r
+complete -c e2e-mount -l user -d 'SSH user (remote.user)' -r
+complete -c e2e-mount -l remote-path -d 'Directory on the server holding the container (remote.path)' -r
+complete -c e2e-mount -l identity-file -d 'SSH private key (remote.identity_file)' -r -F
+complete -c e2e-mount -l known-hosts -d 'known_hosts file pinning the server key (remote.known_hosts)' -r -F
+complete -c e2e-mount -l container-file -d 'Container file name inside the remote path (container.file)' -r
+complete -c e2e-mount -l size -d 'Container size at creation, e.g. 64G (container.size)' -r
+complete -c e2e-mount -l key-file -d 'LUKS key file (container.key_file)' -r -F
+complete -c e2e-mount -l source -d 'Source path to back up, repeatable (sync.paths)' -r
+complete -c e2e-mount -l exclude -d 'rsync exclude pattern, repeatable (sync.exclude)' -r
+complete -c e2e-mount -l dry-run -d 'Print the commands that would run, shell-quoted, one per line, as a script; run none'
+complete -c e2e-mount -s v -l verbose -d 'Also show the output of the commands run'
+complete -c e2e-mount -l foreground -d 'Stay in the foreground (for systemd Type=notify): READY=1 once mounted, unmount on SIGTERM'
+complete -c e2e-mount -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c e2e-mount -s V -l version -d 'Print version'

@@ -1,0 +1,139 @@
+//! Golden test: man/e2e-*.1 and completions/ are generated from the clap definitions in src/cli.rs.
+//! `cargo test` fails when a checked-in file differs from what the definitions produce (so the
+//! docs never drift from the flags); `E2E_UPDATE_MAN=1 cargo test` rewrites them.
+
+use clap::CommandFactory;
+use clap_complete::Shell;
+use e2e_backup::cli::{CloseCli, GrowCli, MountCli, OpenCli, SyncCli, TrimCli};
+use std::path::{Path, PathBuf};
+
+fn commands() -> Vec<clap::Command> {
+    vec![
+        MountCli::command(),
+        OpenCli::command(),
+        SyncCli::command(),
+        GrowCli::command(),
+        TrimCli::command(),
+        CloseCli::command(),
+    ]
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Compare `got` with the file at `rel`, or write it when updating. Returns a complaint if stale.
+fn check(rel: &str, got: &[u8], stale: &mut Vec<String>) {
+    let path = root().join(rel);
+    if std::env::var_os("E2E_UPDATE_MAN").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, got).unwrap();
+        return;
+    }
+    match std::fs::read(&path) {
+        Ok(have) if have == got => {}
+        Ok(_) => stale.push(format!("{rel} is stale")),
+        Err(e) => stale.push(format!("{rel}: {e}")),
+    }
+}
+
+fn report(stale: Vec<String>) {
+    assert!(
+        stale.is_empty(),
+        "{}\nsrc/cli.rs changed: regenerate with `E2E_UPDATE_MAN=1 cargo test --test man` and commit the result",
+        stale.join("\n")
+    );
+}
+
+/// One page per binary. The date is left out on purpose: it would make the page change every day.
+#[test]
+fn man_pages_are_current() {
+    let mut stale = Vec::new();
+    for cmd in commands() {
+        let name = cmd.get_name().to_string();
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(cmd)
+            .section("1")
+            .manual("e2e-backup")
+            .source(format!("e2e-backup {}", env!("CARGO_PKG_VERSION")))
+            .render(&mut buf)
+            .unwrap();
+        // A SEE ALSO section clap has no field for: the overview and the job file.
+        buf.extend_from_slice(
+            b".SH \"SEE ALSO\"\n\\fBe2e-backup\\fR(7), \\fBe2e-backup.toml\\fR(5)\n",
+        );
+        check(&format!("man/{name}.1"), &buf, &mut stale);
+    }
+    report(stale);
+}
+
+#[test]
+fn completions_are_current() {
+    let mut stale = Vec::new();
+    for mut cmd in commands() {
+        let name = cmd.get_name().to_string();
+        for (shell, rel) in [
+            (Shell::Bash, format!("completions/bash/{name}")),
+            (Shell::Zsh, format!("completions/zsh/_{name}")),
+            (Shell::Fish, format!("completions/fish/{name}.fish")),
+        ] {
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut cmd, &name, &mut buf);
+            check(&rel, &buf, &mut stale);
+        }
+    }
+    report(stale);
+}
+
+/// Every page the Makefile installs exists (hand-written 5 and 7 included) and says its own name.
+#[test]
+fn hand_written_pages_exist() {
+    for (f, th) in [
+        ("man/e2e-backup.toml.5", ".TH E2E-BACKUP.TOML 5"),
+        ("man/e2e-backup.7", ".TH E2E-BACKUP 7"),
+    ] {
+        let text = std::fs::read_to_string(Path::new(&root()).join(f)).unwrap();
+        assert!(text.contains(th), "{f} lacks {th:?}");
+    }
+}
+
+/// e2e-backup.toml(5) documents every key the parser accepts: the fields of the raw structs in
+/// src/config.rs (serde names = field names there).
+#[test]
+fn job_file_page_covers_every_key() {
+    let src = std::fs::read_to_string(root().join("src/config.rs")).unwrap();
+    let page = std::fs::read_to_string(root().join("man/e2e-backup.toml.5")).unwrap();
+    let mut missing = Vec::new();
+    for (st, section) in [
+        ("RawRemote", "remote"),
+        ("RawContainer", "container"),
+        ("RawSync", "sync"),
+        ("Retention", "retention"),
+    ] {
+        let start = src
+            .find(&format!("pub struct {st} {{"))
+            .unwrap_or_else(|| panic!("struct {st} not in src/config.rs"));
+        let body = &src[start..start + src[start..].find("\n}").unwrap()];
+        let keys: Vec<&str> = body
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("pub ")?.split_once(':'))
+            .map(|(k, _)| k.trim())
+            .collect();
+        assert!(!keys.is_empty(), "no fields found in {st}");
+        assert!(
+            page.contains(&format!("[{section}]")),
+            "page lacks [{section}]"
+        );
+        for k in keys {
+            // Keys are set in bold at the start of their entry: .B key  or  \fBkey\fR
+            if !page.contains(&format!(".B {k}\n")) && !page.contains(&format!("\\fB{k}\\fR")) {
+                missing.push(format!("{section}.{k}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "man/e2e-backup.toml.5 does not document: {}",
+        missing.join(", ")
+    );
+}
