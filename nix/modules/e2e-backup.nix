@@ -1,0 +1,516 @@
+# NixOS module: services.e2e-backup.jobs.<name> (clients) and services.e2e-backup.server.
+#
+# Clients use the package's own template units (e2e-mount@, e2e-open@, e2e-sync@, …, see
+# e2e-backup(7)); per job this module writes /etc/e2e-backup/<name>.toml and adds drop-ins to the
+# instances (hooks, key credential, timer schedule). Option names follow services.borgbackup.jobs
+# and services.restic.backups where the meaning is the same.
+{ config, lib, pkgs, ... }:
+
+let
+  inherit (lib) mkOption mkEnableOption mkIf types literalExpression optional optionals
+    optionalAttrs mapAttrsToList filterAttrs attrValues concatLists mkMerge;
+
+  cfg = config.services.e2e-backup;
+  settingsFormat = pkgs.formats.toml { };
+
+  # As src/paths.rs validate_job: the name becomes a unit instance, a file name and a dm name.
+  validJobName = n: builtins.match "[A-Za-z0-9_][A-Za-z0-9_.@-]*" n != null
+    && !(lib.hasInfix ".." n) && builtins.stringLength n <= 64;
+  # As src/config.rs parse_size / parse_size_spec.
+  sizeRe = "[0-9]+([KMGTPEkmgtpe](iB|B)?)?";
+  isSize = s: builtins.match sizeRe s != null;
+  isSizeOrPercent = s: isSize s || builtins.match "[0-9]+(\\.[0-9]+)?%" s != null;
+  inStore = p: p != null && lib.hasPrefix builtins.storeDir (toString p);
+
+  keepOption = what: mkOption {
+    type = types.ints.unsigned;
+    default = 0;
+    description = "Keep the newest snapshot of each of the last N ${what} that have snapshots (0: rule off).";
+  };
+
+  jobModule = { name, ... }: {
+    options = {
+      paths = mkOption {
+        type = types.listOf types.str;
+        example = [ "/home" "/etc" ];
+        description = "Absolute paths to back up.";
+      };
+      exclude = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "*.cache" "/home/*/.local/share/Trash" ];
+        description = "rsync exclude patterns.";
+      };
+      extraRsyncArgs = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "--one-file-system" ];
+        description = "Extra arguments appended to rsync (sync.rsync_args).";
+      };
+      startAt = mkOption {
+        type = with types; either str (listOf str);
+        default = "daily";
+        example = "*-*-* 03:00:00";
+        description = ''
+          When to run the backup (systemd.time(7) calendar events). An empty list installs no
+          timer: run it with `systemctl start e2e-backup@${name}`.
+        '';
+      };
+      persistentTimer = mkOption {
+        type = types.bool;
+        default = true;
+        description = "Run a backup missed while the machine was off at the next boot (Persistent=).";
+      };
+      randomizedDelaySec = mkOption {
+        type = types.str;
+        default = "1h";
+        example = "0";
+        description = "Random delay added to each scheduled run (RandomizedDelaySec=).";
+      };
+      inhibitsSleep = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Keep the machine from suspending while the job syncs, grows or trims.";
+      };
+      prune.keep = {
+        last = mkOption {
+          type = types.ints.unsigned;
+          default = 0;
+          description = "Keep the N newest snapshots.";
+        };
+        hourly = keepOption "hours";
+        daily = keepOption "days";
+        weekly = keepOption "ISO weeks";
+        monthly = keepOption "months";
+        yearly = keepOption "years";
+      };
+      preHook = mkOption {
+        type = types.lines;
+        default = "";
+        description = "Shell commands run before the sync, with the container already open (e.g. a database dump into a backed-up path). A failure cancels the run.";
+      };
+      postHook = mkOption {
+        type = types.lines;
+        default = "";
+        description = "Shell commands run after the sync, also when it failed; $SERVICE_RESULT and $EXIT_STATUS tell how it went.";
+      };
+      remote = {
+        host = mkOption { type = types.str; description = "Server host name."; };
+        port = mkOption { type = types.port; default = 22; description = "SSH port."; };
+        user = mkOption { type = types.str; description = "SSH user on the server."; };
+        path = mkOption {
+          type = types.str;
+          example = "/data";
+          description = "Directory on the server holding the container (/data for a services.e2e-backup.server client).";
+        };
+        identityFile = mkOption {
+          type = types.str;
+          example = "/etc/e2e-backup/id_ed25519";
+          description = "SSH private key (a path on the client, not in the Nix store).";
+        };
+        hostKey = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          example = "ssh-ed25519 AAAAC3Nza...";
+          description = "The server's SSH host public key; a known_hosts file pinning it is generated.";
+        };
+        knownHostsFile = mkOption {
+          type = types.nullOr types.path;
+          default = null;
+          description = "A known_hosts file pinning the server's host key (instead of hostKey).";
+        };
+        nbdPort = mkOption {
+          type = types.port;
+          default = 10809;
+          description = "nbd-server port on the server's loopback, for e2e-trim (services.e2e-backup.server.clients.<name>.nbdPort).";
+        };
+      };
+      container = {
+        file = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          description = "Container file name inside remote.path (default <job>.luks).";
+        };
+        size = mkOption {
+          type = types.str;
+          example = "64G";
+          description = "Container size at creation (truncate-style: 5T = 5 TiB).";
+        };
+        create = mkOption {
+          type = types.bool;
+          default = true;
+          description = "Create the container on first use (like borgbackup's doInit). Set to false once it exists, so that a wrong path is an error rather than a fresh start.";
+        };
+        maxSize = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          description = "Never grow beyond this size.";
+        };
+        autoGrowFree = mkOption {
+          type = types.str;
+          default = "10%";
+          description = "Grow before a sync when free space is below this (\"0\" disables).";
+        };
+        autoGrowStep = mkOption {
+          type = types.str;
+          default = "25%";
+          description = "Grow by this much.";
+        };
+        serverReserve = mkOption {
+          type = types.str;
+          default = "1G";
+          description = "Never let the server's free space drop below this.";
+        };
+      };
+      keyFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/etc/e2e-backup/home.key";
+        description = "LUKS key file on the client (mode 0600, not in the Nix store). Keep a copy elsewhere.";
+      };
+      keyCredential = {
+        path = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          description = "Pass the key as systemd credential `key` from this file (LoadCredential=) instead of keyFile.";
+        };
+        encrypted = mkOption {
+          type = types.bool;
+          default = false;
+          description = "The credential file is encrypted with systemd-creds (LoadCredentialEncrypted=).";
+        };
+      };
+    };
+  };
+
+  startAtList = job: lib.toList job.startAt;
+
+  knownHosts = name: job:
+    if job.remote.knownHostsFile != null then job.remote.knownHostsFile
+    else pkgs.writeText "e2e-backup-${name}-known_hosts"
+      "${if job.remote.port == 22 then job.remote.host else "[${job.remote.host}]:${toString job.remote.port}"} ${toString job.remote.hostKey}\n";
+
+  # The job file (docs/contract.md, e2e-backup.toml(5)). null = key left out (tool default).
+  jobSettings = name: job: {
+    remote = {
+      inherit (job.remote) host port user path;
+      identity_file = job.remote.identityFile;
+      known_hosts = toString (knownHosts name job);
+    };
+    container = filterAttrs (_: v: v != null) {
+      inherit (job.container) size create;
+      file = job.container.file;
+      key_file = job.keyFile;
+      max_size = job.container.maxSize;
+      auto_grow_free = job.container.autoGrowFree;
+      auto_grow_step = job.container.autoGrowStep;
+      server_reserve = job.container.serverReserve;
+    };
+    sync = {
+      inherit (job) paths exclude;
+      rsync_args = job.extraRsyncArgs;
+    };
+    retention = {
+      keep_last = job.prune.keep.last;
+      keep_hourly = job.prune.keep.hourly;
+      keep_daily = job.prune.keep.daily;
+      keep_weekly = job.prune.keep.weekly;
+      keep_monthly = job.prune.keep.monthly;
+      keep_yearly = job.prune.keep.yearly;
+    };
+  };
+
+  jobFile = name: job: settingsFormat.generate "e2e-backup-${name}.toml" (jobSettings name job);
+
+  credentialConfig = job: optionalAttrs (job.keyCredential.path != null) (
+    if job.keyCredential.encrypted
+    then { LoadCredentialEncrypted = "key:${job.keyCredential.path}"; }
+    else { LoadCredential = "key:${job.keyCredential.path}"; });
+
+  # Drop-ins for the package's template instances; asDropin keeps the template's settings.
+  jobServices = name: job:
+    let
+      dropin = extra: {
+        overrideStrategy = "asDropin";
+        # A changed job file applies from the next run; never restart a running backup for it.
+        restartIfChanged = false;
+      } // extra;
+      # e2e-sync@ and e2e-trim@ below also get the credential (all four read the key).
+      keyUnits = [ "e2e-open" "e2e-grow" ];
+      inhibit = optionals job.inhibitsSleep [ "e2e-backup-inhibit@${name}.service" ];
+    in
+    mkMerge [
+      (lib.genAttrs (map (u: "${u}@${name}") keyUnits) (_: dropin {
+        serviceConfig = credentialConfig job;
+        wants = inhibit;
+      }))
+      {
+        "e2e-sync@${name}" = dropin {
+          serviceConfig = credentialConfig job
+            // optionalAttrs (job.preHook != "") {
+            ExecStartPre = [ "${pkgs.writeShellScript "e2e-backup-${name}-pre" job.preHook}" ];
+          } // optionalAttrs (job.postHook != "") {
+            ExecStopPost = [ "${pkgs.writeShellScript "e2e-backup-${name}-post" job.postHook}" ];
+          };
+          wants = inhibit;
+        };
+        "e2e-trim@${name}" = dropin {
+          serviceConfig = credentialConfig job // optionalAttrs (job.remote.nbdPort != 10809) {
+            ExecStart = [ "" "${cfg.package}/bin/e2e-trim --nbd-port ${toString job.remote.nbdPort} %i" ];
+          };
+          wants = inhibit;
+        };
+      }
+    ];
+
+  jobTimer = name: job: mkIf (startAtList job != [ ]) {
+    "e2e-backup@${name}" = {
+      overrideStrategy = "asDropin";
+      wantedBy = [ "timers.target" ];
+      timerConfig = {
+        # The empty entry drops the template's OnCalendar=daily.
+        OnCalendar = [ "" ] ++ startAtList job;
+        Persistent = job.persistentTimer;
+        RandomizedDelaySec = job.randomizedDelaySec;
+      };
+    };
+  };
+
+  jobAssertions = name: job: [
+    {
+      assertion = validJobName name;
+      message = "services.e2e-backup.jobs.\"${name}\": the job name must match [A-Za-z0-9_][A-Za-z0-9_.@-]*, without \"..\", at most 64 characters (it becomes a unit instance and /run/e2e-backup/<name>).";
+    }
+    {
+      assertion = job.paths != [ ] && builtins.all (lib.hasPrefix "/") job.paths;
+      message = "services.e2e-backup.jobs.${name}.paths must be a non-empty list of absolute paths (got ${builtins.toJSON job.paths}).";
+    }
+    {
+      assertion = (job.keyFile != null) != (job.keyCredential.path != null);
+      message = "services.e2e-backup.jobs.${name}: set exactly one of keyFile (a path on the client) and keyCredential.path (a systemd credential).";
+    }
+    {
+      assertion = !(inStore job.keyFile) && !(inStore job.keyCredential.path && !job.keyCredential.encrypted);
+      message = "services.e2e-backup.jobs.${name}: the LUKS key must not be in the world-readable Nix store; give a path as a string (\"/etc/e2e-backup/${name}.key\"), not a Nix path literal, or use an encrypted credential.";
+    }
+    {
+      assertion = !(inStore job.remote.identityFile);
+      message = "services.e2e-backup.jobs.${name}.remote.identityFile is in the Nix store, where every user can read the SSH private key; give a path outside it as a string.";
+    }
+    {
+      assertion = (job.remote.hostKey != null) != (job.remote.knownHostsFile != null);
+      message = "services.e2e-backup.jobs.${name}.remote: set exactly one of hostKey and knownHostsFile: the server's host key must be pinned.";
+    }
+    {
+      assertion = isSize job.container.size;
+      message = "services.e2e-backup.jobs.${name}.container.size = \"${job.container.size}\" is not a size like 64G (K, M, G, T, P, E = powers of 1024).";
+    }
+    {
+      assertion = job.container.maxSize == null || isSize job.container.maxSize;
+      message = "services.e2e-backup.jobs.${name}.container.maxSize is not a size like 5T.";
+    }
+    {
+      assertion = isSize job.container.serverReserve && isSizeOrPercent job.container.autoGrowFree
+        && isSizeOrPercent job.container.autoGrowStep;
+      message = "services.e2e-backup.jobs.${name}.container: serverReserve must be a size, autoGrowFree and autoGrowStep sizes or percentages (\"10%\").";
+    }
+    {
+      assertion = job.container.file == null
+        || (builtins.match "[^/.\n][^/\n]*" job.container.file != null);
+      message = "services.e2e-backup.jobs.${name}.container.file must be a plain file name (no '/', not starting with '.').";
+    }
+  ];
+
+  # ---- server ----
+  srv = cfg.server;
+
+  clientModule = { name, ... }: {
+    options = {
+      user = mkOption {
+        type = types.str;
+        default = "e2e-${name}";
+        description = "System user the client logs in as.";
+      };
+      directory = mkOption {
+        type = types.str;
+        default = "${srv.baseDirectory}/${name}";
+        description = "Chroot of the client; its containers live in <directory>/data, which the client sees as /data.";
+      };
+      authorizedKeys = mkOption {
+        type = types.listOf types.str;
+        description = "The client's SSH public keys (its remote.identityFile's .pub).";
+      };
+      containers = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "alice-home.luks" ];
+        description = "Container file names to export over NBD for e2e-trim (export name = file name; unique across clients).";
+      };
+      nbdPort = mkOption {
+        type = types.nullOr types.port;
+        default = null;
+        example = 10810;
+        description = "Loopback port of this client's own nbd-server (set the job's remote.nbdPort to it). One nbd-server per client: NBD has no authentication, so a shared one would let any client reach every export.";
+      };
+    };
+  };
+
+  clients = srv.clients;
+  nbdClients = filterAttrs (_: c: srv.nbd.enable && c.containers != [ ]) clients;
+
+  nbdConfig = name: c: pkgs.writeText "e2e-backup-nbd-${name}.conf" (''
+    [generic]
+        listenaddr = 127.0.0.1
+        port = ${toString c.nbdPort}
+        allowlist = false
+  '' + lib.concatMapStrings (f: ''
+    [${f}]
+        exportname = ${c.directory}/data/${f}
+        trim = true
+  '') c.containers);
+
+  # restrict: no pty, no agent/X11 forwarding, no port forwarding — except the one NBD port.
+  keyLine = c: k:
+    if srv.nbd.enable && c.nbdPort != null
+    then "restrict,port-forwarding,permitopen=\"127.0.0.1:${toString c.nbdPort}\" ${k}"
+    else "restrict ${k}";
+
+  allExports = concatLists (mapAttrsToList (_: c: c.containers) nbdClients);
+in
+{
+  options.services.e2e-backup = {
+    package = mkOption {
+      type = types.package;
+      default = pkgs.e2e-backup or (pkgs.callPackage ../packages/e2e-backup.nix { });
+      defaultText = literalExpression "pkgs.callPackage ./nix/packages/e2e-backup.nix { }";
+      description = "The e2e-backup package.";
+    };
+
+    jobs = mkOption {
+      type = types.attrsOf (types.submodule jobModule);
+      default = { };
+      example = literalExpression ''
+        {
+          home = {
+            paths = [ "/home" ];
+            exclude = [ "*.cache" ];
+            remote = { host = "backup.example.org"; user = "e2e-laptop"; path = "/data";
+                       identityFile = "/etc/e2e-backup/id_ed25519"; hostKey = "ssh-ed25519 AAAA..."; };
+            container.size = "64G";
+            keyFile = "/etc/e2e-backup/home.key";
+            prune.keep = { daily = 7; weekly = 4; monthly = 6; };
+          };
+        }
+      '';
+      description = "Backup jobs: each runs as `systemctl start e2e-backup@<name>` and on its timer.";
+    };
+
+    server = {
+      enable = mkEnableOption "the e2e-backup server side: SFTP-only, chrooted accounts for clients";
+      baseDirectory = mkOption {
+        type = types.str;
+        default = "/srv/e2e-backup";
+        description = "Parent of the clients' chroot directories.";
+      };
+      clients = mkOption {
+        type = types.attrsOf (types.submodule clientModule);
+        default = { };
+        description = "One locked-down account per client.";
+      };
+      nbd.enable = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Run an nbd-server per client on 127.0.0.1:<nbdPort> with trim = true, reachable only through that client's SSH tunnel, for e2e-trim.";
+      };
+    };
+  };
+
+  config = mkMerge [
+    (mkIf (cfg.jobs != { }) {
+      assertions = concatLists (mapAttrsToList jobAssertions cfg.jobs);
+      environment.systemPackages = [ cfg.package ];
+      systemd.packages = [ cfg.package ];
+      environment.etc = lib.mapAttrs' (name: job:
+        lib.nameValuePair "e2e-backup/${name}.toml" { source = jobFile name job; }) cfg.jobs;
+      systemd.services = mkMerge (mapAttrsToList jobServices cfg.jobs);
+      systemd.timers = mkMerge (mapAttrsToList jobTimer cfg.jobs);
+      boot.kernelModules = [ "loop" "dm_crypt" "fuse" ];
+    })
+
+    (mkIf srv.enable {
+      assertions = mapAttrsToList (name: c: {
+        assertion = c.authorizedKeys != [ ];
+        message = "services.e2e-backup.server.clients.${name}.authorizedKeys is empty: the client could never log in.";
+      }) clients
+      ++ mapAttrsToList (name: c: {
+        assertion = c.containers == [ ] || !srv.nbd.enable || c.nbdPort != null;
+        message = "services.e2e-backup.server.clients.${name}: nbd is enabled and containers are listed, so set nbdPort (a loopback port of its own).";
+      }) clients
+      ++ [
+        {
+          assertion = lib.allUnique allExports;
+          message = "services.e2e-backup.server: NBD export names (container file names) must be unique across clients; give the clients' jobs distinct container.file names (got ${builtins.toJSON allExports}).";
+        }
+        {
+          assertion = lib.allUnique (lib.filter (p: p != null) (mapAttrsToList (_: c: c.nbdPort) nbdClients));
+          message = "services.e2e-backup.server: each client needs its own nbdPort.";
+        }
+        {
+          assertion = config.services.openssh.enable;
+          message = "services.e2e-backup.server needs services.openssh.enable = true.";
+        }
+      ];
+
+      users.groups = lib.mapAttrs' (_: c: lib.nameValuePair c.user { }) clients;
+      users.users = lib.mapAttrs' (_: c: lib.nameValuePair c.user {
+        isSystemUser = true;
+        group = c.user;
+        home = "${c.directory}/data";
+        # No shell: ForceCommand internal-sftp below is all the account can do.
+        shell = "${pkgs.shadow}/bin/nologin";
+        openssh.authorizedKeys.keys = map (keyLine c) c.authorizedKeys;
+      }) clients;
+
+      # ChrootDirectory must be root-owned and not group/world-writable; the client writes in data/.
+      systemd.tmpfiles.rules = [ "d ${srv.baseDirectory} 0755 root root -" ]
+        ++ concatLists (mapAttrsToList (_: c: [
+        "d ${c.directory} 0755 root root -"
+        "d ${c.directory}/data 0700 ${c.user} ${c.user} -"
+      ]) clients);
+
+      services.openssh.extraConfig = lib.concatStrings (mapAttrsToList (_: c: ''
+        Match User ${c.user}
+          ChrootDirectory ${c.directory}
+          ForceCommand internal-sftp -d /data
+          PermitTTY no
+          X11Forwarding no
+          AllowAgentForwarding no
+          PermitTunnel no
+          ${if srv.nbd.enable && c.nbdPort != null
+            then "AllowTcpForwarding local\n  PermitOpen 127.0.0.1:${toString c.nbdPort}"
+            else "AllowTcpForwarding no"}
+      '') clients);
+
+      systemd.services = lib.mapAttrs' (name: c: lib.nameValuePair "e2e-backup-nbd-${name}" {
+        description = "nbd-server for e2e-backup client ${name} (loopback only, for e2e-trim)";
+        wantedBy = [ "multi-user.target" ];
+        after = [ "network.target" ];
+        serviceConfig = {
+          # -d: stay in the foreground (no daemonising), one process for systemd to watch.
+          ExecStart = "${pkgs.nbd}/bin/nbd-server -C ${nbdConfig name c} -d";
+          User = c.user;
+          Group = c.user;
+          NoNewPrivileges = true;
+          ProtectSystem = "strict";
+          ProtectHome = true;
+          ReadWritePaths = [ "${c.directory}/data" ];
+          PrivateTmp = true;
+          PrivateDevices = true;
+          RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" ];
+          CapabilityBoundingSet = "";
+          SystemCallArchitectures = "native";
+        };
+      }) nbdClients;
+    })
+  ];
+}

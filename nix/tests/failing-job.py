@@ -1,0 +1,20 @@
+prepare(client, "client")
+make_data(client, "failing")
+
+with subtest("a wrong pinned host key fails the run cleanly"):
+    client.succeed("cp /etc/e2e-backup/known_hosts /tmp/good_known_hosts")
+    client.succeed("ssh-keygen -q -t ed25519 -N '' -f /tmp/other")
+    client.succeed("echo \"server $(cut -d' ' -f1,2 /tmp/other.pub)\" > /etc/e2e-backup/known_hosts")
+    client.fail("systemctl start e2e-backup@home.service")
+    client.succeed("journalctl -u e2e-mount@home.service | grep -i 'host key'")
+    assert_clean(client)
+    state = client.succeed("systemctl show -p ActiveState --value e2e-open@home.service").strip()
+    assert state in ("inactive", "failed"), state
+
+with subtest("the server file is untouched: nothing was created"):
+    server.fail(f"test -e {server_file('client')}")
+
+with subtest("with the right key the next run succeeds"):
+    client.succeed("cp /tmp/good_known_hosts /etc/e2e-backup/known_hosts")
+    backup(client)
+    restore_and_compare(client)
