@@ -750,6 +750,10 @@ pub fn trim(cli: TrimCli) -> Result<Option<PathBuf>> {
         ));
     }
     let key = job.key_file()?;
+    // The nbd module is often not loaded until first use.
+    if cli.nbd_device.is_none() && !Path::new("/sys/module/nbd").exists() {
+        run.run(&Cmd::new("modprobe").arg("nbd"))?;
+    }
     let nbd = match cli.nbd_device.clone().or_else(free_nbd_device) {
         Some(d) => d,
         None if run.is_dry() => PathBuf::from("/dev/nbd0"),
@@ -830,6 +834,12 @@ pub fn trim(cli: TrimCli) -> Result<Option<PathBuf>> {
     undo.push(fsys::umount(&p.fs));
     let out = run.run(&fsys::fstrim(&p.fs))?;
     let claimed = fsys::parse_fstrim(&out.stdout);
+    if let Some(c) = claimed {
+        eprintln!(
+            "fstrim reported {c} bytes ({}) trimmed (not trusted; judged by the server)",
+            human(c)
+        );
+    }
     drop(undo); // tear down in reverse: umount, close, nbd-client -d, tunnel exit
     let after = run.query(&alloc)?.and_then(|o| remote::parse_allocated(&o));
     if let (Some(b), Some(a)) = (before, after) {
