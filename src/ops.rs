@@ -880,13 +880,27 @@ pub fn close(cli: CloseCli) -> Result<Option<PathBuf>> {
         remote::kill_sshfs(run, p)?;
         run.run(&Cmd::new("umount").arg("-l").arg(&p.fs))?;
     }
+    let mut loops = Vec::new();
     if let Some(slaves) = dm_slaves(&p.dm_name) {
         run.run(&ct::luks_close(&p.dm_name))?;
         for s in slaves.iter().filter(|s| s.starts_with("nbd")) {
             run.run(&Cmd::new("nbd-client").arg("-d").arg(format!("/dev/{s}")))?;
         }
+        // Our loop under the mapping: once a dead sshfs is gone its backing path no longer
+        // starts with remote/, so the search by path below would miss it.
+        loops.extend(
+            slaves
+                .iter()
+                .filter(|s| s.starts_with("loop"))
+                .map(|s| Path::new("/dev").join(s)),
+        );
     }
     for l in loops_backed_by(&p.remote, true) {
+        if !loops.contains(&l) {
+            loops.push(l);
+        }
+    }
+    for l in loops {
         run.run(&ct::losetup_detach(&l))?;
     }
     if p.ssh_ctl.exists() {
