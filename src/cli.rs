@@ -105,8 +105,12 @@ pub struct SyncCli {
     /// List the snapshots, oldest first
     #[arg(long)]
     pub list: bool,
+    /// Re-read SNAPSHOT (default `latest`; read-only open) against the checksum manifest written
+    /// when it was made; report changed, missing and extra files, exit 1 on any difference
+    #[arg(long, value_name = "SNAPSHOT", num_args = 0..=1, default_missing_value = "latest", conflicts_with_all = ["restore", "list"])]
+    pub verify: Option<String>,
     /// Create the container first if it does not exist (as e2e-open --create)
-    #[arg(long, conflicts_with_all = ["restore", "list"])]
+    #[arg(long, conflicts_with_all = ["restore", "list", "verify"])]
     pub create: bool,
     /// Do not grow the container before syncing
     #[arg(long)]

@@ -139,6 +139,11 @@ impl SizeSpec {
     }
 }
 
+/// Smallest container: LUKS2's 16 MiB header plus a 16 MiB ext4.
+pub const MIN_CONTAINER: u64 = 32 << 20;
+/// Largest container: ext4's limit with 64-bit block numbers and 4 KiB blocks.
+pub const MAX_CONTAINER: u64 = 1 << 60;
+
 /// Parse a `truncate`-style size: `5T` = 5 TiB; `K M G T P E` (optionally `KiB`…) are powers of
 /// 1024, `KB MB …` powers of 1000, a bare number is bytes.
 pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
@@ -401,6 +406,22 @@ fn resolve(job: &str, raw: RawFile, ov: &Overrides, origin: &str) -> Result<Job>
             .unwrap_or(1 << 30),
         file,
     };
+    // LUKS2 takes 16 MiB of header; ext4 needs room after it. ext4 ends at 1 EiB (64-bit, 4 KiB blocks).
+    for (key, v) in [
+        ("container.size", container.size),
+        ("container.max_size", container.max_size),
+    ] {
+        if let Some(n) = v {
+            if !(MIN_CONTAINER..=MAX_CONTAINER).contains(&n) {
+                return Err(bad(
+                    key,
+                    format!(
+                        "{n} bytes is out of range: a container holds 32M to 1E (ext4's limit)"
+                    ),
+                ));
+            }
+        }
+    }
     if container.auto_grow_step.is_zero() && !container.auto_grow_free.is_zero() {
         return Err(bad(
             "container.auto_grow_step",
@@ -600,6 +621,14 @@ keep_daily = 7
                 .contains("sync.paths: \"home\" is not an absolute path"),
             "{e}"
         );
+        for bad in ["0", "1M", "2E", "-1G", "99999999T"] {
+            let ov = Overrides {
+                size: Some(bad.into()),
+                ..Overrides::default()
+            };
+            let e = res(FULL, &ov).unwrap_err();
+            assert!(e.to_string().contains("container.size: "), "{bad}: {e}");
+        }
         let e = res(&FULL.replace("home.luks", "../x"), &Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("container.file"), "{e}");
         let e = res(

@@ -429,6 +429,9 @@ pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
     if let Some(r) = &cli.restore {
         return restore(&ctx, &job, &r[0], &r[1]);
     }
+    if let Some(snap) = &cli.verify {
+        return verify(&ctx, &job, snap);
+    }
     if cli.list {
         return with_stack(&ctx, &job, true, |_| {
             let (stamps, _) = snapshots::scan(&ctx.paths.fs);
@@ -467,12 +470,17 @@ fn backup(ctx: &Ctx, job: &Job, prune: bool) -> Result<PathBuf> {
     // A crashed run's .inflight is incomplete: never a link-dest, always removed.
     for l in &leftovers {
         run.run(&Cmd::new("rm").arg("-rf").arg(snaps.join(l)))?;
+        if let Some(s) = l.strip_suffix(INFLIGHT) {
+            let tmp = snapshots::manifest_path(fs, s).with_extension("sha256.tmp");
+            run.run(&Cmd::new("rm").arg("-f").arg(tmp))?;
+        }
     }
     run.run(
         &Cmd::new("install")
             .args(["-d", "-m", "0700"])
             .arg(&snaps)
-            .arg(fs.join("logs")),
+            .arg(fs.join("logs"))
+            .arg(fs.join(snapshots::MANIFESTS)),
     )?;
     let mut now = timefmt::now();
     while stamps.iter().any(|s| s.1 == now) {
@@ -489,6 +497,15 @@ fn backup(ctx: &Ctx, job: &Job, prune: bool) -> Result<PathBuf> {
     if out.code == 24 {
         eprintln!("note: some files vanished during the transfer (rsync exit 24); snapshot kept");
     }
+    // The checksum manifest (inside the container) is complete before the snapshot is: a snapshot
+    // never exists without one. A read error here fails the run; the .inflight goes next run.
+    let manifest = snapshots::manifest_path(fs, &stamp);
+    let tmp = manifest.with_extension("sha256.tmp");
+    run.run(&snapshots::checksum_cmd(
+        &snaps.join(format!("{stamp}{INFLIGHT}")),
+        &tmp,
+    ))?;
+    run.run(&Cmd::new("mv").arg("-T").arg(&tmp).arg(&manifest))?;
     let dest = snaps.join(&stamp);
     run.run(
         &Cmd::new("mv")
@@ -513,6 +530,11 @@ fn backup(ctx: &Ctx, job: &Job, prune: bool) -> Result<PathBuf> {
             let doomed = snaps.join(format!("{s}{PRUNING}"));
             run.run(&Cmd::new("mv").arg("-T").arg(snaps.join(s)).arg(&doomed))?;
             run.run(&Cmd::new("rm").arg("-rf").arg(&doomed))?;
+            run.run(
+                &Cmd::new("rm")
+                    .arg("-f")
+                    .arg(snapshots::manifest_path(fs, s)),
+            )?;
         }
     }
     run.run(&fsys::sync_fs(fs))?;
@@ -573,6 +595,99 @@ fn restore(ctx: &Ctx, job: &Job, spec: &str, target: &str) -> Result<Option<Path
             .run_streaming(&snapshots::rsync_restore(&src, target), progress_reporter())?;
         finish_progress();
         Ok(Some(PathBuf::from(target)))
+    })
+}
+
+/// `e2e-sync --verify SNAPSHOT`: read-only open, re-checksum the snapshot into the client's run
+/// directory (never the server), compare with the manifest written when it was made.
+fn verify(ctx: &Ctx, job: &Job, spec: &str) -> Result<Option<PathBuf>> {
+    with_stack(ctx, job, true, |_| {
+        let fs = ctx.paths.fs.as_path();
+        if ctx.run.is_dry() && !ctx.fs_mounted() {
+            ctx.run
+                .note("the container is not open yet: the snapshot and its manifest are not shown");
+            return Ok(None);
+        }
+        let stamp = match spec.trim_end_matches('/') {
+            "latest" => snapshots::latest(fs)
+                .ok_or_else(|| fail(Code::Config, "no snapshot yet: `latest` does not exist"))?,
+            s if timefmt::parse_stamp(s).is_some() => s.to_string(),
+            _ => {
+                return Err(fail(
+                    Code::Config,
+                    format!(
+                        "{spec:?} is not a snapshot: use `latest` or a stamp (see e2e-sync --list)"
+                    ),
+                ))
+            }
+        };
+        let dir = fs.join("snapshots").join(&stamp);
+        if !ctx.run.is_dry() && !dir.is_dir() {
+            return Err(fail(Code::Config, format!("{stamp}: no such snapshot")));
+        }
+        let mpath = snapshots::manifest_path(fs, &stamp);
+        let want = if ctx.run.is_dry() {
+            None
+        } else {
+            let data = std::fs::read(&mpath).map_err(|e| {
+                fail(
+                    Code::Runtime,
+                    format!("{stamp}: cannot read its manifest {}: {e}", mpath.display()),
+                )
+            })?;
+            Some(snapshots::parse_manifest(&data).map_err(|e| {
+                fail(
+                    Code::Runtime,
+                    format!("{stamp}: manifest {} is damaged: {e}", mpath.display()),
+                )
+            })?)
+        };
+        let now = ctx.paths.dir.join("verify.sha256");
+        // 123: sha256sum could not read some file: reported below, not a crash of the check.
+        let out = ctx
+            .run
+            .run(&snapshots::checksum_cmd(&dir, &now).ok_code(123).ok_code(1))?;
+        let Some(want) = want else {
+            return Ok(None);
+        };
+        let have = std::fs::read(&now);
+        let _ = std::fs::remove_file(&now);
+        let have = snapshots::parse_manifest(&have?)
+            .map_err(|e| fail(Code::Runtime, format!("re-reading {stamp}: {e}")))?;
+        let unreadable: Vec<&str> = out
+            .stderr
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        let d = snapshots::compare(&want, &have);
+        for (what, names) in [
+            ("changed", &d.changed),
+            ("missing", &d.missing),
+            ("extra", &d.extra),
+        ] {
+            for n in names {
+                eprintln!("{what}: {}", snapshots::show_name(n));
+            }
+        }
+        for l in &unreadable {
+            eprintln!("read error: {l}");
+        }
+        if d.is_empty() && unreadable.is_empty() {
+            eprintln!("verified {stamp}: {} files match its manifest", want.len());
+            return Ok(Some(dir));
+        }
+        Err(fail(
+            Code::Runtime,
+            format!(
+                "snapshot {stamp} does not match its manifest: {} changed, {} missing, {} extra, {} read errors (of {} files)",
+                d.changed.len(),
+                d.missing.len(),
+                d.extra.len(),
+                unreadable.len(),
+                want.len()
+            ),
+        ))
     })
 }
 
@@ -672,15 +787,24 @@ pub fn grow(cli: GrowCli) -> Result<Option<PathBuf>> {
     let job = ctx.job()?;
     let _lock = lock(&ctx)?;
     let file = ctx.container_file(&job);
+    // Bad sizes are refused before anything is opened (an open rw mount writes the superblock).
+    let to = cli
+        .to
+        .as_deref()
+        .map(config::parse_size)
+        .transpose()
+        .map_err(|e| fail(Code::Config, format!("--to: {e}")))?;
+    let by = cli
+        .by
+        .as_deref()
+        .map(parse_size_spec)
+        .transpose()
+        .map_err(|e| fail(Code::Config, format!("--by: {e}")))?;
     with_stack(&ctx, &job, false, |stack| {
         let cur = stack.size;
-        let new = match (&cli.to, &cli.by) {
-            (Some(to), _) => {
-                config::parse_size(to).map_err(|e| fail(Code::Config, format!("--to: {e}")))?
-            }
-            (None, Some(by)) => {
-                let spec =
-                    parse_size_spec(by).map_err(|e| fail(Code::Config, format!("--by: {e}")))?;
+        let new = match (to, by) {
+            (Some(to), _) => to,
+            (None, Some(spec)) => {
                 let Some(cur) = cur else {
                     ctx.run
                         .note("current size unknown in a dry-run before the container is open");

@@ -49,6 +49,9 @@ pub fn rsync_backup(sync: &Sync, fs: &Path, stamp: &str, link_dest: Option<&str>
             "--delete",
             "--delete-excluded",
             "--relative",
+            // Runs of zeros become holes: a sparse source (a VM image, a 5 GiB file that is
+            // mostly holes) stays sparse in the container, which is sparse on the server too.
+            "--sparse",
         ])
         .args(["--info=progress2", "--stats"])
         .arg(format!(
@@ -100,7 +103,13 @@ fn rsync_failure(out: &str) -> Option<Fail> {
 pub fn rsync_restore(src: &Path, target: &str) -> Cmd {
     Cmd::new("rsync")
         // --mkpath (rsync >= 3.2.3): create TARGET's missing parents, as a restore target often has.
-        .args(["-aHAX", "--numeric-ids", "--mkpath", "--info=progress2"])
+        .args([
+            "-aHAX",
+            "--numeric-ids",
+            "--mkpath",
+            "--sparse",
+            "--info=progress2",
+        ])
         .arg(src)
         .arg(target)
         .ok_code(24)
@@ -135,6 +144,81 @@ pub fn resolve_restore_source(fs: &Path, spec: &str) -> Result<PathBuf, Fail> {
     p.push("/");
     p.push(rest);
     Ok(PathBuf::from(p))
+}
+
+/// Checksum manifests live inside the container, beside the snapshots: `manifests/<STAMP>.sha256`.
+pub const MANIFESTS: &str = "manifests";
+
+/// The manifest of snapshot STAMP under the ext4 root `fs`.
+pub fn manifest_path(fs: &Path, stamp: &str) -> PathBuf {
+    fs.join(MANIFESTS).join(format!("{stamp}.sha256"))
+}
+
+/// sha256 of every regular file under `dir` into `out`: GNU `sha256sum --zero` records
+/// (`HASH  ./NAME\0`, names unescaped, any bytes), sorted bytewise. Names never pass through this
+/// program as arguments (find → sort → xargs hand them over NUL-separated), so spaces, newlines and
+/// non-UTF-8 bytes are safe. The exit code is xargs's: 123 when sha256sum could not read a file.
+pub fn checksum_cmd(dir: &Path, out: &Path) -> Cmd {
+    Cmd::new("sh")
+        .arg("-c")
+        .arg(r#"cd "$1" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0r sha256sum --zero >"$2""#)
+        .arg("e2e-checksum")
+        .arg(dir)
+        .arg(out)
+}
+
+/// A parsed manifest: file name (bytes, `./`-relative) → hex sha256.
+pub type Manifest = std::collections::BTreeMap<Vec<u8>, Vec<u8>>;
+
+pub fn parse_manifest(data: &[u8]) -> Result<Manifest, String> {
+    let mut m = Manifest::new();
+    for rec in data.split(|b| *b == 0).filter(|r| !r.is_empty()) {
+        // "<64 hex>  <name>" (text mode) or "<64 hex> *<name>" (binary mode).
+        if rec.len() < 67 || !rec[..64].iter().all(u8::is_ascii_hexdigit) || rec[64] != b' ' {
+            return Err(format!(
+                "malformed record {:?}",
+                String::from_utf8_lossy(&rec[..rec.len().min(80)])
+            ));
+        }
+        m.insert(rec[66..].to_vec(), rec[..64].to_vec());
+    }
+    Ok(m)
+}
+
+/// Differences between a manifest and what the snapshot holds now.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Diff {
+    pub changed: Vec<Vec<u8>>,
+    pub missing: Vec<Vec<u8>>,
+    pub extra: Vec<Vec<u8>>,
+}
+
+impl Diff {
+    pub fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.missing.is_empty() && self.extra.is_empty()
+    }
+}
+
+pub fn compare(want: &Manifest, have: &Manifest) -> Diff {
+    let mut d = Diff::default();
+    for (name, sum) in want {
+        match have.get(name) {
+            None => d.missing.push(name.clone()),
+            Some(s) if s != sum => d.changed.push(name.clone()),
+            Some(_) => {}
+        }
+    }
+    d.extra = have
+        .keys()
+        .filter(|n| !want.contains_key(*n))
+        .cloned()
+        .collect();
+    d
+}
+
+/// A file name from a manifest for one report line: lossy UTF-8, control characters escaped.
+pub fn show_name(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).escape_debug().to_string()
 }
 
 /// Which snapshots to keep (restic/borg semantics, UTC buckets). `stamps` as (name, time).
@@ -255,6 +339,7 @@ mod tests {
                 "--delete",
                 "--delete-excluded",
                 "--relative",
+                "--sparse",
                 "--info=progress2",
                 "--stats",
                 "--log-file=/run/e2e-backup/home/fs/logs/2024-01-02T03:04:05Z.log",
@@ -279,6 +364,7 @@ mod tests {
                 "-aHAX",
                 "--numeric-ids",
                 "--mkpath",
+                "--sparse",
                 "--info=progress2",
                 "/f/snapshots/S/home",
                 "/tmp/r"
@@ -439,5 +525,36 @@ mod tests {
         assert_eq!(left, ["2024-01-03T00:00:00Z.inflight"]);
         assert_eq!(latest(&dir).as_deref(), Some("2024-01-02T00:00:00Z"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn manifests() {
+        let h = |c: char| c.to_string().repeat(64);
+        let want = format!(
+            "{}  ./a\0{}  ./b c\0{}  ./new\nline\0",
+            h('1'),
+            h('2'),
+            h('3')
+        );
+        let want = parse_manifest(want.as_bytes()).unwrap();
+        assert_eq!(want.len(), 3);
+        let mut have = want.clone();
+        assert!(compare(&want, &have).is_empty());
+        have.insert(b"./a".to_vec(), h('9').into_bytes());
+        have.remove(b"./b c".as_slice());
+        let raw = b"./x\xff".to_vec();
+        have.insert(raw.clone(), h('4').into_bytes());
+        let d = compare(&want, &have);
+        assert_eq!(d.changed, [b"./a".to_vec()]);
+        assert_eq!(d.missing, [b"./b c".to_vec()]);
+        assert_eq!(d.extra, vec![raw.clone()]);
+        assert_eq!(show_name(&raw), "./x\u{fffd}");
+        assert_eq!(show_name(b"./new\nline"), "./new\\nline");
+        assert!(parse_manifest(b"zz  ./a\0").is_err());
+        assert!(parse_manifest(b"").unwrap().is_empty());
+        assert_eq!(
+            checksum_cmd(Path::new("/fs/snapshots/S.inflight"), Path::new("/fs/m")).argv()[3..],
+            ["e2e-checksum", "/fs/snapshots/S.inflight", "/fs/m"]
+        );
     }
 }
