@@ -118,6 +118,10 @@ pub struct SyncCli {
     /// Do not prune old snapshots after syncing
     #[arg(long)]
     pub no_prune: bool,
+    /// Sync even though the container lacks the newest snapshot this host wrote (the server handed
+    /// back an older copy); nothing is pruned in that run
+    #[arg(long, conflicts_with_all = ["restore", "list", "verify"])]
+    pub accept_rollback: bool,
 }
 
 /// Grow the job's container online: file → loop device → LUKS → ext4.

@@ -29,24 +29,55 @@ pub fn mkfs(dev: &Path, label: &str) -> Cmd {
         .arg(dev)
 }
 
+/// The holder's node name in an MMP block dump: `debugfs -R dump_mmp` prints `node_name: X`,
+/// e2fsck's MMP report `    mmp_node_name: X`.
+pub fn mmp_holder(output: &str) -> Option<String> {
+    output.lines().find_map(|l| {
+        let l = l.trim();
+        let n = l
+            .strip_prefix("mmp_node_name:")
+            .or_else(|| l.strip_prefix("node_name:"))?
+            .trim();
+        (!n.is_empty()).then(|| n.to_string())
+    })
+}
+
+fn refused(node: Option<&str>) -> Fail {
+    let node = node
+        .map(|n| format!(" (held by host {n})"))
+        .unwrap_or_default();
+    Fail::new(
+        Code::Refused,
+        format!("container is in use by another host{node}: close it there first (ext4 multi-mount protection)"),
+    )
+}
+
 fn mmp_refusal(output: &str) -> Option<Fail> {
     let s = output.to_ascii_lowercase();
     if !(s.contains("mmp") || s.contains("in use") || s.contains("currently active")) {
         return None;
     }
-    let node = output
-        .lines()
-        .find_map(|l| {
-            ["node_name:", "nodename:", "node name:"]
-                .into_iter()
-                .find_map(|k| l.split_once(k))
-        })
-        .map(|(_, n)| format!(" (held by host {})", n.trim()))
-        .unwrap_or_default();
-    Some(Fail::new(
-        Code::Refused,
-        format!("container is in use by another host{node}: close it there first (ext4 multi-mount protection)"),
-    ))
+    Some(refused(mmp_holder(output).as_deref()))
+}
+
+/// `debugfs -R dump_mmp`: reads the MMP block (read-only open; no MMP check of its own).
+pub fn dump_mmp(dev: &Path) -> Cmd {
+    Cmd::new("debugfs").args(["-R", "dump_mmp"]).arg(dev)
+}
+
+/// An MMP refusal from fsck or mount that does not name the holder (the kernel tells mount(8)
+/// only EBUSY; e2fsck's report varies): read the holder's node name from the MMP block itself.
+pub fn name_mmp_holder(run: &crate::exec::Runner, dev: &Path, e: anyhow::Error) -> anyhow::Error {
+    if crate::error::code_of(&e) != Code::Refused || format!("{e:#}").contains("held by host") {
+        return e;
+    }
+    match run.query(&dump_mmp(dev)) {
+        Ok(Some(out)) => match mmp_holder(&out) {
+            Some(n) => refused(Some(&n)).into(),
+            None => e,
+        },
+        _ => e,
+    }
 }
 
 /// `fsck.ext4 -p`: repair what is safe. Exit 1 (errors fixed) is success; MMP activity means
@@ -70,13 +101,16 @@ pub fn fsck(dev: &Path) -> Cmd {
 }
 
 /// Mount options: `errors=remount-ro` so a lost link stops writes instead of spreading damage;
+/// `data_err=abort` so a failed *data* write (the server's disk full under the sparse file, the
+/// link gone) aborts the journal too — ext4's default only logs it, and the run would go on to
+/// rename a snapshot whose blocks never reached the server;
 /// `noinit_itable` so the kernel never zeroes inode tables in the background (that would allocate
 /// them on the server and send them over the network — see [`mkfs`]).
 pub fn mount(dev: &Path, mountpoint: &Path, read_only: bool) -> Cmd {
     let opts = if read_only {
         "ro,noinit_itable"
     } else {
-        "rw,noinit_itable,errors=remount-ro"
+        "rw,noinit_itable,errors=remount-ro,data_err=abort"
     };
     Cmd::new("mount")
         .args(["-t", "ext4", "-o", opts])
@@ -134,7 +168,7 @@ mod tests {
         );
         assert_eq!(
             mount(dev, Path::new("/run/e2e-backup/home/fs"), false).render(),
-            "mount -t ext4 -o rw,noinit_itable,errors=remount-ro /dev/mapper/e2e-home /run/e2e-backup/home/fs"
+            "mount -t ext4 -o rw,noinit_itable,errors=remount-ro,data_err=abort /dev/mapper/e2e-home /run/e2e-backup/home/fs"
         );
         assert!(mount(dev, Path::new("/x"), true)
             .render()
@@ -151,6 +185,10 @@ mod tests {
         assert_eq!(f.code, Code::Refused);
         assert!(f.msg.contains("(held by host clientb)"), "{}", f.msg);
         assert!(mmp_refusal("bad superblock").is_none());
+        // debugfs -R dump_mmp (e2fsprogs 1.47), as read from a real image.
+        let dump = "block_number: 4385\nupdate_interval: 5\ncheck_interval: 5\nsequence: ff4d4d50\ntime: 1795765184 -- Fri Nov 27 07:39:44 2026\nnode_name: client-a\ndevice_name: dm-0\nmagic: 0x4d4d50\n";
+        assert_eq!(mmp_holder(dump).as_deref(), Some("client-a"));
+        assert_eq!(mmp_holder("node_name: \n"), None);
     }
 
     #[test]

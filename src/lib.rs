@@ -11,6 +11,7 @@ pub mod filesystem;
 pub mod ops;
 pub mod paths;
 pub mod remote;
+pub mod rollback;
 pub mod snapshots;
 pub mod timefmt;
 

@@ -9,6 +9,7 @@ use crate::exec::{Arg, Cmd, Runner};
 use crate::filesystem as fsys;
 use crate::paths::{dm_slaves, loops_backed_by, mount_at, JobPaths};
 use crate::remote;
+use crate::rollback;
 use crate::snapshots::{self, human, INFLIGHT, PRUNING};
 use crate::timefmt;
 use anyhow::Result;
@@ -352,9 +353,11 @@ pub fn ensure_open(ctx: &Ctx, job: &Job, create: bool, read_only: bool) -> Resul
     }
     // A filesystem mkfs just made needs no check (and the check would cost another MMP wait).
     if !read_only && !created {
-        run.run(&fsys::fsck(dev))?;
+        run.run(&fsys::fsck(dev))
+            .map_err(|e| fsys::name_mmp_holder(run, dev, e))?;
     }
-    run.run(&fsys::mount(dev, &p.fs, read_only))?;
+    run.run(&fsys::mount(dev, &p.fs, read_only))
+        .map_err(|e| fsys::name_mmp_holder(run, dev, e))?;
     undo.done();
     Ok(stack)
 }
@@ -452,14 +455,62 @@ pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
     }
     let mut job = job;
     job.container.create |= cli.create;
+    recover_stale(&ctx)?;
     with_stack(&ctx, &job, false, |stack| {
+        // Before anything writes: is this the container this host last wrote into?
+        let state = rollback::state_file(&job.name);
+        let mut prune = !cli.no_prune;
+        if ctx.fs_mounted() {
+            let (stamps, _) = snapshots::scan(&ctx.paths.fs);
+            let names: Vec<&str> = stamps.iter().map(|s| s.0.as_str()).collect();
+            prune &= rollback::gate(&state, &names, cli.accept_rollback)?;
+        }
         if !cli.no_grow {
             auto_grow(&ctx, &job, stack)?;
         }
-        let dest = backup(&ctx, &job, !cli.no_prune)?;
+        let dest = backup(&ctx, &job, prune)?;
+        if !ctx.run.is_dry() {
+            if let Some(stamp) = dest.file_name().and_then(|n| n.to_str()) {
+                rollback::remember(&state, stamp).map_err(|e| {
+                    fail(
+                        Code::Runtime,
+                        format!(
+                            "snapshot {} made, but recording it in {} failed: {e:#}",
+                            dest.display(),
+                            state.display()
+                        ),
+                    )
+                })?;
+            }
+        }
         notify_status(&format!("snapshot {} done", dest.display()));
         Ok(Some(dest))
     })
+}
+
+/// A run that lost its link (or whose sshfs was killed) can leave pieces behind: a dead sshfs, a
+/// mapping or an ext4 mount without a live remote under it. We hold the job's lock, so no other
+/// run of this job uses them: tear them down, so the next run needs no manual e2e-close.
+fn recover_stale(ctx: &Ctx) -> Result<()> {
+    let p = &ctx.paths;
+    if ctx.run.is_dry() {
+        return Ok(());
+    }
+    let remote_up = remote::is_mounted(p);
+    let above = ctx.fs_mounted() || dm_slaves(&p.dm_name).is_some();
+    let stale = if remote_up {
+        !remote::responsive(p, Duration::from_secs(20))
+    } else {
+        above
+    };
+    if stale {
+        eprintln!(
+            "note: job {} has a stack left by a run that lost its link; tearing it down first",
+            p.job
+        );
+        teardown(ctx, false)?;
+    }
+    Ok(())
 }
 
 fn backup(ctx: &Ctx, job: &Job, prune: bool) -> Result<PathBuf> {
@@ -991,6 +1042,12 @@ pub fn trim(cli: TrimCli) -> Result<Option<PathBuf>> {
 /// Tear down from any state, using only what the kernel shows (no job file needed).
 pub fn close(cli: CloseCli) -> Result<Option<PathBuf>> {
     let ctx = Ctx::new(&cli.common)?;
+    teardown(&ctx, cli.keep_remote)?;
+    Ok(None)
+}
+
+/// e2e-close's work: unwind every layer of the job that the kernel shows.
+fn teardown(ctx: &Ctx, keep_remote: bool) -> Result<()> {
     let p = &ctx.paths;
     let run = &ctx.run;
     // ext4 over a loop over a hung sshfs (or a dead link) blocks umount; killing sshfs first turns
@@ -1036,10 +1093,10 @@ pub fn close(cli: CloseCli) -> Result<Option<PathBuf>> {
                 .args(["-O", "exit", "e2e-backup"]),
         )?;
     }
-    if !cli.keep_remote {
+    if !keep_remote {
         remote::unmount(run, p, false)?;
     }
-    Ok(None)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1094,7 +1151,7 @@ mod tests {
             format!("cryptsetup luksFormat --type luks2 --batch-mode --key-file {k} --sector-size 4096 \"$loop\""),
             format!("cryptsetup open --key-file {k} \"$loop\" e2e-e2e-unit-test-job"),
             "mkfs.ext4 -q -m0".to_string(),
-            format!("mount -t ext4 -o rw,noinit_itable,errors=remount-ro /dev/mapper/e2e-e2e-unit-test-job {run}/fs"),
+            format!("mount -t ext4 -o rw,noinit_itable,errors=remount-ro,data_err=abort /dev/mapper/e2e-e2e-unit-test-job {run}/fs"),
             "rsync -aHAX --numeric-ids --delete --delete-excluded".to_string(),
             format!("mv -T {run}/fs/snapshots/"),
             format!("mv -T {run}/fs/latest.tmp {run}/fs/latest"),
