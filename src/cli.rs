@@ -105,9 +105,10 @@ pub struct SyncCli {
     /// List the snapshots, oldest first
     #[arg(long)]
     pub list: bool,
-    /// Re-read SNAPSHOT (default `latest`; read-only open) against the checksum manifest written
-    /// when it was made; report changed, missing and extra files, exit 1 on any difference
-    #[arg(long, value_name = "SNAPSHOT", num_args = 0..=1, default_missing_value = "latest", conflicts_with_all = ["restore", "list"])]
+    /// Re-read SNAPSHOT (--verify=STAMP; default `latest`; read-only open) against the checksum
+    /// manifest written when it was made; report changed, missing and extra files, exit 1 on any
+    /// difference
+    #[arg(long, value_name = "SNAPSHOT", num_args = 0..=1, require_equals = true, default_missing_value = "latest", conflicts_with_all = ["restore", "list"])]
     pub verify: Option<String>,
     /// Create the container first if it does not exist (as e2e-open --create)
     #[arg(long, conflicts_with_all = ["restore", "list", "verify"])]
@@ -198,6 +199,14 @@ mod tests {
             SyncCli::try_parse_from(["e2e-sync", "home", "--restore", "latest/home/a", "/tmp/r"])
                 .unwrap();
         assert_eq!(s.restore.unwrap(), ["latest/home/a", "/tmp/r"]);
+        let s = SyncCli::try_parse_from(["e2e-sync", "--verify", "home"]).unwrap();
+        assert_eq!(
+            (s.verify.as_deref(), s.common.job.as_str()),
+            (Some("latest"), "home")
+        );
+        let s =
+            SyncCli::try_parse_from(["e2e-sync", "--verify=2024-01-02T03:04:05Z", "home"]).unwrap();
+        assert_eq!(s.verify.as_deref(), Some("2024-01-02T03:04:05Z"));
         assert_eq!(s.common.job, "home");
         assert!(GrowCli::try_parse_from(["e2e-grow", "home"]).is_err());
         assert!(GrowCli::try_parse_from(["e2e-grow", "home", "--to", "1G", "--by", "1G"]).is_err());
