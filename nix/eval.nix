@@ -19,6 +19,7 @@ let
     e2e-backup = fakeDrv "e2e-backup";
     shadow = fakeDrv "shadow";
     nbd = fakeDrv "nbd";
+    qemu-utils = fakeDrv "qemu-utils";
   };
   unitValue = types.oneOf [ types.bool types.int types.str (types.listOf types.str) ];
   unitCommon = {

@@ -42,17 +42,16 @@ unreachable or host key mismatch; 4 container refused (not LUKS, wrong key, in u
 5 locked by another run on this host; 6 out of space (server or container).";
 
 const TRIM_NOTES: &str = "\
-Server side: nbd-server bound to the server's loopback, one export per container, named after the
-container file, with trim on, e.g. in /etc/nbd-server/config:
+Server side: an NBD server bound to the server's loopback, one export per container, named after the
+container file, turning TRIM into hole punches. Use qemu-nbd (Debian package qemu-utils), run as the
+client's backup user, e.g.:
 
-    [generic]
-        listenaddr = 127.0.0.1
-        port = 10809
-        user = backup
-        group = backup
-    [home.luks]
-        exportname = /srv/backup/alice/home.luks
-        trim = true
+    qemu-nbd --persistent --bind 127.0.0.1 --port 10809 --format raw \\
+        --discard=unmap --export-name home.luks /srv/backup/alice/home.luks
+
+Not nbd-server (package nbd-server, up to 3.27 at least): its TRIM handler (exptrim in nbdsrv.c)
+clamps each request to export size minus twice its offset, so discards in the upper half of the
+file are dropped while fstrim still reports them trimmed.
 
 NBD is plain text; e2e-trim reaches it only through an SSH tunnel (ssh -L 127.0.0.1:PORT:127.0.0.1:10809)
 with the job's pinned host key and identity. Exit status as for the other e2e-* tools (see e2e-open).";
@@ -145,8 +144,8 @@ pub struct GrowCli {
 
 /// Give the server back the space of deleted data (TRIM over NBD through an SSH tunnel).
 ///
-/// Needs nbd-server on the server bound to 127.0.0.1:10809 with an export named after the
-/// container file and `trim = true`. The container must not be open via e2e-open at the same
+/// Needs an NBD server on the server bound to 127.0.0.1:10809 (qemu-nbd --discard=unmap) with an
+/// export named after the container file. The container must not be open via e2e-open at the same
 /// time. Reports the server's allocated bytes before and after on stderr and judges by them.
 /// Prints the container file path.
 #[derive(Debug, Parser)]
@@ -157,7 +156,7 @@ pub struct TrimCli {
     /// Local end of the SSH tunnel [default: a free port]
     #[arg(long, value_name = "PORT")]
     pub local_port: Option<u16>,
-    /// nbd-server port on the server's loopback
+    /// NBD server port on the server's loopback
     #[arg(long, value_name = "PORT", default_value_t = 10809)]
     pub nbd_port: u16,
     /// NBD device to use [default: the first free /dev/nbdN]

@@ -948,7 +948,7 @@ pub fn trim(cli: TrimCli) -> Result<Option<PathBuf>> {
     let before = run.query(&alloc)?.and_then(|o| remote::parse_allocated(&o));
 
     let mut undo = Undo::new(run);
-    // The tunnel: nbd-server listens on the server's loopback only; NBD is plain text.
+    // The tunnel: the NBD server listens on the server's loopback only; NBD is plain text.
     let ctl = format!("ControlPath={}", p.ssh_ctl.display());
     let r2 = r.clone();
     let tunnel = remote::ssh(r)
@@ -986,7 +986,7 @@ pub fn trim(cli: TrimCli) -> Result<Option<PathBuf>> {
                 Some(crate::Fail::new(
                     Code::Remote,
                     format!(
-                        "nbd-client could not attach export {export:?} through the tunnel ({}): is nbd-server running on the server with that export and listenaddr 127.0.0.1?",
+                        "nbd-client could not attach export {export:?} through the tunnel ({}): is the NBD server (qemu-nbd) running on the server's 127.0.0.1 with that export name?",
                         stderr.lines().last().unwrap_or("").trim()
                     ),
                 ))
@@ -1027,7 +1027,7 @@ pub fn trim(cli: TrimCli) -> Result<Option<PathBuf>> {
             return Err(fail(
                 Code::Runtime,
                 format!(
-                    "fstrim reported {} trimmed but the server file did not shrink ({b} → {a} bytes): check `trim = true` in the server's nbd-server export",
+                    "fstrim reported {} trimmed but the server file did not shrink ({b} → {a} bytes): the server's NBD server must turn TRIM into hole punches (qemu-nbd --discard=unmap; not nbd-server, see e2e-trim --help)",
                     human(claimed.unwrap_or(0))
                 ),
             ));

@@ -350,7 +350,7 @@ let
         type = types.nullOr types.port;
         default = null;
         example = 10810;
-        description = "Loopback port of this client's own nbd-server (set the job's remote.nbdPort to it). One nbd-server per client: NBD has no authentication, so a shared one would let any client reach every export.";
+        description = "Loopback port of this client's own NBD server (set the job's remote.nbdPort to it). One nbd-server per client: NBD has no authentication, so a shared one would let any client reach every export.";
       };
     };
   };
@@ -358,16 +358,13 @@ let
   clients = srv.clients;
   nbdClients = filterAttrs (_: c: srv.nbd.enable && c.containers != [ ]) clients;
 
-  nbdConfig = name: c: pkgs.writeText "e2e-backup-nbd-${name}.conf" (''
-    [generic]
-        listenaddr = 127.0.0.1
-        port = ${toString c.nbdPort}
-        allowlist = false
-  '' + lib.concatMapStrings (f: ''
-    [${f}]
-        exportname = ${c.directory}/data/${f}
-        trim = true
-  '') c.containers);
+  # qemu-nbd, not nbd-server: nbd-server's TRIM handler (exptrim, nbdsrv.c) clamps each request to
+  # export size minus twice its offset, so discards in the upper half of the file never punch holes.
+  # qemu-nbd serves one file, hence one container per client when NBD is enabled (assertion below).
+  nbdCommand = c: let f = lib.head c.containers; in lib.escapeShellArgs [
+    "${pkgs.qemu-utils}/bin/qemu-nbd" "--persistent" "--bind" "127.0.0.1" "--port" (toString c.nbdPort)
+    "--format" "raw" "--discard=unmap" "--export-name" f "${c.directory}/data/${f}"
+  ];
 
   # restrict: no pty, no agent/X11 forwarding, no port forwarding — except the one NBD port.
   keyLine = c: k:
@@ -420,7 +417,7 @@ in
       nbd.enable = mkOption {
         type = types.bool;
         default = false;
-        description = "Run an nbd-server per client on 127.0.0.1:<nbdPort> with trim = true, reachable only through that client's SSH tunnel, for e2e-trim.";
+        description = "Run a qemu-nbd per client on 127.0.0.1:<nbdPort> exporting its container with TRIM turned into hole punches, reachable only through that client's SSH tunnel, for e2e-trim.";
       };
     };
   };
@@ -445,6 +442,10 @@ in
       ++ mapAttrsToList (name: c: {
         assertion = c.containers == [ ] || !srv.nbd.enable || c.nbdPort != null;
         message = "services.e2e-backup.server.clients.${name}: nbd is enabled and containers are listed, so set nbdPort (a loopback port of its own).";
+      }) clients
+      ++ mapAttrsToList (name: c: {
+        assertion = !srv.nbd.enable || lib.length c.containers <= 1;
+        message = "services.e2e-backup.server.clients.${name}: with nbd enabled a client exports one container (qemu-nbd serves one file); split the containers over several client entries.";
       }) clients
       ++ [
         {
@@ -492,12 +493,12 @@ in
       '') clients);
 
       systemd.services = lib.mapAttrs' (name: c: lib.nameValuePair "e2e-backup-nbd-${name}" {
-        description = "nbd-server for e2e-backup client ${name} (loopback only, for e2e-trim)";
+        description = "qemu-nbd for e2e-backup client ${name} (loopback only, for e2e-trim)";
         wantedBy = [ "multi-user.target" ];
         after = [ "network.target" ];
         serviceConfig = {
-          # -d: stay in the foreground (no daemonising), one process for systemd to watch.
-          ExecStart = "${pkgs.nbd}/bin/nbd-server -C ${nbdConfig name c} -d";
+          # qemu-nbd stays in the foreground (no --fork): one process for systemd to watch.
+          ExecStart = nbdCommand c;
           User = c.user;
           Group = c.user;
           NoNewPrivileges = true;
