@@ -140,7 +140,9 @@ pub fn is_mounted(paths: &JobPaths) -> bool {
 pub fn make_dirs(run: &Runner, paths: &JobPaths) -> Result<()> {
     let missing: Vec<&PathBuf> = [&paths.dir, &paths.remote, &paths.fs]
         .into_iter()
-        .filter(|p| !p.is_dir())
+        // A dead sshfs leaves its mountpoint failing stat (ENOTCONN): it exists all the same, and
+        // `install -d` on it would fail before e2e-sync could clear the stale stack.
+        .filter(|p| !p.is_dir() && crate::paths::mount_at(p).is_none())
         .collect();
     if missing.is_empty() {
         return Ok(());
