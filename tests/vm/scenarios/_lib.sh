@@ -80,3 +80,49 @@ $err"
 $err"
   ok "$* → exit $code: $(grep ': error: ' <<<"$err")"
 }
+
+# check_job JOB SUMS: open JOB read-only; every snapshot with an md5 list in SUMS/JOB (recorded when it
+# was first seen) must still match it, else `lost` += 1; record lists for snapshots not seen before;
+# a leftover .inflight/.prune or a `latest` not naming a completed snapshot → `inflight_taken` += 1;
+# `latest` must equal the source /data/JOB; after the unmount `e2fsck -fn` unclean → `dirty` += 1.
+# (The fault scenarios' counters; they start at 0 there.)
+check_job() {
+  local j=$1 sums=$2 fs=/run/e2e-backup/$1/fs s lat d
+  e2e-open --read-only "$j" >/dev/null || { echo "read-only open of $j failed" >&2; lost=$((lost + 1)); e2e-close "$j"; return; }
+  mkdir -p "$sums/$j"
+  for s in "$sums/$j"/*; do
+    [ -f "$s" ] || continue
+    if ! (cd "$fs/snapshots/${s##*/}" 2>/dev/null && find . -type f -exec md5sum {} + | sort -k2 | cmp -s - "$s"); then
+      echo "LOST: snapshot ${s##*/} of $j changed or missing" >&2; lost=$((lost + 1))
+    fi
+  done
+  for s in "$fs"/snapshots/*; do
+    case ${s##*/} in
+      *.inflight|*.prune) echo "leftover ${s##*/} after a successful run" >&2; inflight_taken=$((inflight_taken + 1)); continue ;;
+    esac
+    [ -f "$sums/$j/${s##*/}" ] || (cd "$s" && find . -type f -exec md5sum {} + | sort -k2) >"$sums/$j/${s##*/}"
+  done
+  # The newest snapshot holds the source as it is now (the run just made it).
+  if [ -d "$fs/latest/data/$j" ]; then
+    d=$(rsync -rlcn --itemize-changes --delete "/data/$j/" "$fs/latest/data/$j/" 2>&1) || d="rsync failed: $d"
+    [ -z "$d" ] || { echo "latest of $j differs from the source: $d" >&2; lost=$((lost + 1)); }
+  fi
+  lat=$(readlink "$fs/latest" || true)
+  [[ $lat =~ ^snapshots/[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:]{8}Z$ ]] && [ -d "$fs/$lat" ] \
+    || { echo "latest -> $lat is not a completed snapshot" >&2; inflight_taken=$((inflight_taken + 1)); }
+  umount "$fs"
+  if ! e2fsck -fn "/dev/mapper/e2e-$j" >/root/fsck.out 2>&1; then
+    echo "e2fsck -fn of $j not clean:" >&2; tail -n 20 /root/fsck.out >&2; dirty=$((dirty + 1))
+  fi
+  e2e-close "$j"
+}
+
+# wait_inflight JOB MIB PID: until MIB MiB are in JOB's .inflight snapshot (at most 120 s, or PID ends).
+wait_inflight() {
+  local j=$1 n=$2 pid=$3 t0=$SECONDS b
+  while [ $((SECONDS - t0)) -lt 120 ] && kill -0 "$pid" 2>/dev/null; do
+    b=$( (du -sm /run/e2e-backup/"$j"/fs/snapshots/*.inflight 2>/dev/null || true) | awk '{s += $1} END {print s + 0}')
+    [ "$b" -ge "$n" ] && return
+    sleep 0.3
+  done
+}
