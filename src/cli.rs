@@ -98,7 +98,8 @@ pub struct OpenCli {
 pub struct SyncCli {
     #[command(flatten)]
     pub common: Common,
-    /// Restore SNAPSHOT[/PATH] (SNAPSHOT may be `latest`) into TARGET, rsync-style, read-only open
+    /// Restore SNAPSHOT[/PATH] (SNAPSHOT may be `latest`) into TARGET, rsync-style, read-only open;
+    /// then check every restored file against the snapshot's checksum manifest (exit 1 if one differs)
     #[arg(long, num_args = 2, value_names = ["SNAPSHOT[/PATH]", "TARGET"], conflicts_with = "list")]
     pub restore: Option<Vec<String>>,
     /// List the snapshots, oldest first

@@ -227,6 +227,18 @@ pub fn open(cli: OpenCli) -> Result<Option<PathBuf>> {
 }
 
 /// Bring the stack up to a mounted filesystem (idempotent), creating the container if allowed.
+/// A read of the container over sshfs that failed because the link or sshfs died must say so, not
+/// what the missing bytes would have meant ("not a LUKS container" sends a user hunting for damage).
+fn unless_link_lost(p: &JobPaths, host: &str, e: anyhow::Error) -> anyhow::Error {
+    if remote::responsive(p, Duration::from_secs(15)) {
+        return e;
+    }
+    fail(
+        Code::Remote,
+        format!("lost the connection to {host} while reading the container (nothing was changed): check the network, then run again"),
+    )
+}
+
 pub fn ensure_open(ctx: &Ctx, job: &Job, create: bool, read_only: bool) -> Result<Stack> {
     let p = &ctx.paths;
     let run = &ctx.run;
@@ -329,7 +341,8 @@ pub fn ensure_open(ctx: &Ctx, job: &Job, create: bool, read_only: bool) -> Resul
         stack.size = Some(size);
         created = true;
     } else {
-        run.run(&ct::is_luks(&file))?;
+        run.run(&ct::is_luks(&file))
+            .map_err(|e| unless_link_lost(p, &job.remote.host, e))?;
         run.run(&ct::test_key(&file, &key))?;
         let lp = match existing_loop() {
             Some(l) => l,
@@ -522,8 +535,10 @@ fn backup(ctx: &Ctx, job: &Job, prune: bool) -> Result<PathBuf> {
     for l in &leftovers {
         run.run(&Cmd::new("rm").arg("-rf").arg(snaps.join(l)))?;
         if let Some(s) = l.strip_suffix(INFLIGHT) {
-            let tmp = snapshots::manifest_path(fs, s).with_extension("sha256.tmp");
-            run.run(&Cmd::new("rm").arg("-f").arg(tmp))?;
+            let m = snapshots::manifest_path(fs, s);
+            for ext in ["sha256.tmp", "todo.tmp", "part.tmp"] {
+                run.run(&Cmd::new("rm").arg("-f").arg(m.with_extension(ext)))?;
+            }
         }
     }
     run.run(
@@ -550,13 +565,7 @@ fn backup(ctx: &Ctx, job: &Job, prune: bool) -> Result<PathBuf> {
     }
     // The checksum manifest (inside the container) is complete before the snapshot is: a snapshot
     // never exists without one. A read error here fails the run; the .inflight goes next run.
-    let manifest = snapshots::manifest_path(fs, &stamp);
-    let tmp = manifest.with_extension("sha256.tmp");
-    run.run(&snapshots::checksum_cmd(
-        &snaps.join(format!("{stamp}{INFLIGHT}")),
-        &tmp,
-    ))?;
-    run.run(&Cmd::new("mv").arg("-T").arg(&tmp).arg(&manifest))?;
+    write_manifest(ctx, &stamp, link.as_deref())?;
     let dest = snaps.join(&stamp);
     run.run(
         &Cmd::new("mv")
@@ -590,6 +599,96 @@ fn backup(ctx: &Ctx, job: &Job, prune: bool) -> Result<PathBuf> {
     }
     run.run(&fsys::sync_fs(fs))?;
     Ok(dest)
+}
+
+/// The manifest of the new snapshot STAMP (still `.inflight`): hashes of files `--link-dest` linked to
+/// the previous snapshot LINK are taken from LINK's manifest; only the files this run wrote are read
+/// and hashed (by `sha256sum`, so a restorer can check a snapshot with stock tools).
+fn write_manifest(ctx: &Ctx, stamp: &str, link: Option<&str>) -> Result<()> {
+    let run = &ctx.run;
+    let fs = ctx.paths.fs.as_path();
+    let dir = fs.join("snapshots").join(format!("{stamp}{INFLIGHT}"));
+    let manifest = snapshots::manifest_path(fs, stamp);
+    let (tmp, todo, part) = (
+        manifest.with_extension("sha256.tmp"),
+        manifest.with_extension("todo.tmp"),
+        manifest.with_extension("part.tmp"),
+    );
+    if run.is_dry() {
+        // The script hashes every file (same manifest, self-contained); a real run reads only the
+        // files it wrote and reuses the previous manifest's hashes for the hard-linked ones.
+        run.note("a real run hashes only the files rsync wrote; here, every file");
+        run.run(&snapshots::checksum_cmd(&dir, &tmp))?;
+        run.run(&Cmd::new("mv").arg("-T").arg(&tmp).arg(&manifest))?;
+        return Ok(());
+    }
+    let prev = link.and_then(|l| {
+        let p = snapshots::manifest_path(fs, l);
+        match std::fs::read(&p).map(|d| snapshots::parse_manifest(&d)) {
+            Ok(Ok(m)) => Some((fs.join("snapshots").join(l), m)),
+            // An old snapshot without a (readable) manifest: hash everything, as the first run does.
+            Ok(Err(e)) => {
+                eprintln!("warning: {}: {e}; hashing every file", p.display());
+                None
+            }
+            Err(_) => None,
+        }
+    });
+    let (mut all, names) =
+        snapshots::split_for_hashing(&dir, prev.as_ref().map(|(d, m)| (d.as_path(), m))).map_err(
+            |e| {
+                fail(
+                    Code::Runtime,
+                    format!("cannot list the new snapshot {}: {e}", dir.display()),
+                )
+            },
+        )?;
+    let list: Vec<u8> = names
+        .iter()
+        .flat_map(|n| n.iter().copied().chain([0]))
+        .collect();
+    std::fs::write(&todo, list).map_err(|e| {
+        fail(
+            Code::Runtime,
+            format!("cannot write {}: {e}", todo.display()),
+        )
+    })?;
+    run.run(&snapshots::checksum_list_cmd(&dir, &todo, &part))?;
+    let hashed = std::fs::read(&part)
+        .map_err(|e| e.to_string())
+        .and_then(|d| snapshots::parse_manifest(&d))
+        .map_err(|e| {
+            fail(
+                Code::Runtime,
+                format!("cannot read back {}: {e}", part.display()),
+            )
+        })?;
+    if hashed.len() != names.len() {
+        return Err(fail(
+            Code::Runtime,
+            format!(
+                "sha256sum hashed {} of the {} new files",
+                hashed.len(),
+                names.len()
+            ),
+        ));
+    }
+    run.note(&format!(
+        "manifest: {} files hashed, {} hashes reused from {}",
+        hashed.len(),
+        all.len(),
+        link.unwrap_or("-")
+    ));
+    all.extend(hashed);
+    std::fs::write(&tmp, snapshots::render_manifest(&all)).map_err(|e| {
+        fail(
+            Code::Runtime,
+            format!("cannot write {}: {e}", tmp.display()),
+        )
+    })?;
+    run.run(&Cmd::new("rm").arg("-f").arg(&todo).arg(&part))?;
+    run.run(&Cmd::new("mv").arg("-T").arg(&tmp).arg(&manifest))?;
+    Ok(())
 }
 
 /// Progress to a TTY (stderr) and to systemd (`STATUS=`) when `NOTIFY_SOCKET` is set.
@@ -645,8 +744,109 @@ fn restore(ctx: &Ctx, job: &Job, spec: &str, target: &str) -> Result<Option<Path
         ctx.run
             .run_streaming(&snapshots::rsync_restore(&src, target), progress_reporter())?;
         finish_progress();
+        check_restored(ctx, spec, target)?;
         Ok(Some(PathBuf::from(target)))
     })
+}
+
+/// After a restore, hash the restored files (on the client, where they now are) and compare them
+/// with the snapshot's manifest. dm-crypt has no integrity: a block the server garbled decrypts to
+/// garbage that rsync would copy without complaint; this is where it is caught.
+fn check_restored(ctx: &Ctx, spec: &str, target: &str) -> Result<()> {
+    let run = &ctx.run;
+    let fs = ctx.paths.fs.as_path();
+    if run.is_dry() {
+        run.note("a real run then hashes the restored files and compares them with the snapshot's manifest");
+        return Ok(());
+    }
+    let (snap, rest) = spec.split_once('/').unwrap_or((spec, ""));
+    let stamp = match snap {
+        "latest" => snapshots::latest(fs),
+        s => Some(s.to_string()),
+    };
+    let Some(stamp) = stamp else { return Ok(()) };
+    let mpath = snapshots::manifest_path(fs, &stamp);
+    let mut dir = PathBuf::from(target);
+    let want = match std::fs::read(&mpath).map(|d| snapshots::parse_manifest(&d)) {
+        Ok(Ok(m)) => {
+            let mut want = snapshots::restore_subset(&m, rest);
+            // One file restored to a name that is not a directory: rsync wrote it as TARGET itself.
+            if want.len() == 1 && !dir.is_dir() {
+                use std::os::unix::ffi::OsStrExt;
+                let sum = want.into_values().next().unwrap_or_default();
+                let name = dir
+                    .file_name()
+                    .map(|n| n.as_bytes().to_vec())
+                    .unwrap_or_default();
+                dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+                want = snapshots::Manifest::from([([b"./".as_slice(), &name].concat(), sum)]);
+            }
+            want
+        }
+        Ok(Err(e)) => {
+            return Err(fail(
+                Code::Runtime,
+                format!(
+                    "{stamp}: manifest {} is damaged ({e}): the restore in {target} is unchecked",
+                    mpath.display()
+                ),
+            ))
+        }
+        Err(_) => {
+            eprintln!("warning: snapshot {stamp} has no manifest (made before manifests existed): restored without a check");
+            return Ok(());
+        }
+    };
+    if want.is_empty() {
+        return Ok(());
+    }
+    let (list, out) = (
+        ctx.paths.dir.join("restore.todo"),
+        ctx.paths.dir.join("restore.sha256"),
+    );
+    let names: Vec<u8> = want
+        .keys()
+        .flat_map(|n| n.iter().copied().chain([0]))
+        .collect();
+    std::fs::write(&list, names).map_err(|e| {
+        fail(
+            Code::Runtime,
+            format!("cannot write {}: {e}", list.display()),
+        )
+    })?;
+    // 123: a restored file could not be read: counted below as a mismatch.
+    let res = run.run(&snapshots::checksum_list_cmd(&dir, &list, &out).ok_code(123));
+    let have = std::fs::read(&out);
+    let _ = std::fs::remove_file(&list);
+    let _ = std::fs::remove_file(&out);
+    res?;
+    let have = snapshots::parse_manifest(&have?)
+        .map_err(|e| fail(Code::Runtime, format!("re-reading the restored files: {e}")))?;
+    let d = snapshots::compare(&want, &have);
+    let bad: Vec<&Vec<u8>> = d.changed.iter().chain(&d.missing).collect();
+    for n in &bad {
+        let n = snapshots::show_name(n);
+        eprintln!(
+            "does not match the manifest: {}/{}",
+            dir.display(),
+            n.trim_start_matches("./")
+        );
+    }
+    if bad.is_empty() {
+        eprintln!(
+            "checked {} restored files against the manifest of {stamp}",
+            want.len()
+        );
+        return Ok(());
+    }
+    Err(fail(
+        Code::Runtime,
+        format!(
+            "{} of {} restored files differ from snapshot {stamp}'s manifest: the server's copy is damaged; they are left in {target} for inspection, restore them from an older snapshot",
+            bad.len(),
+            want.len()
+        ),
+    ))
 }
 
 /// `e2e-sync --verify SNAPSHOT`: read-only open, re-checksum the snapshot into the client's run

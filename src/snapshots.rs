@@ -170,6 +170,103 @@ pub fn checksum_cmd(dir: &Path, out: &Path) -> Cmd {
 /// A parsed manifest: file name (bytes, `./`-relative) → hex sha256.
 pub type Manifest = std::collections::BTreeMap<Vec<u8>, Vec<u8>>;
 
+/// sha256 of the files named in `list` (NUL-separated, relative to `dir`) into `out`, in the same
+/// record format as [`checksum_cmd`]. Used for the files a run actually wrote (see [`split_for_hashing`]).
+pub fn checksum_list_cmd(dir: &Path, list: &Path, out: &Path) -> Cmd {
+    Cmd::new("sh")
+        .arg("-c")
+        .arg(r#"cd "$1" && xargs -0r -a "$2" sha256sum --zero >"$3""#)
+        .arg("e2e-checksum")
+        .arg(dir)
+        .arg(list)
+        .arg(out)
+}
+
+/// Which regular files of the new snapshot `new` need hashing. A file that is the same inode as the
+/// file at the same path in the previous snapshot `prev` was hard-linked there by `--link-dest`:
+/// its bytes are the ones `prev`'s manifest recorded, so that hash is reused (reading it again would
+/// fetch every unchanged byte back from the server on every run). Returns (reused entries, names to
+/// hash), names `./`-relative as in manifests, sorted.
+pub fn split_for_hashing(
+    new: &Path,
+    prev: Option<(&Path, &Manifest)>,
+) -> std::io::Result<(Manifest, Vec<Vec<u8>>)> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let mut reused = Manifest::new();
+    let mut todo = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for e in std::fs::read_dir(new.join(&rel))? {
+            let e = e?;
+            let rel = rel.join(e.file_name());
+            let ft = e.file_type()?;
+            if ft.is_dir() {
+                stack.push(rel);
+                continue;
+            }
+            if !ft.is_file() {
+                continue;
+            }
+            let mut name = b"./".to_vec();
+            name.extend_from_slice(rel.as_os_str().as_bytes());
+            let same = prev.and_then(|(dir, m)| {
+                let a = e.metadata().ok()?;
+                let b = std::fs::symlink_metadata(dir.join(&rel)).ok()?;
+                (a.dev() == b.dev() && a.ino() == b.ino())
+                    .then(|| m.get(&name).cloned())
+                    .flatten()
+            });
+            match same {
+                Some(sum) => {
+                    reused.insert(name, sum);
+                }
+                None => todo.push(name),
+            }
+        }
+    }
+    todo.sort();
+    Ok((reused, todo))
+}
+
+/// The manifest entries a restore of `SNAPSHOT/rest` brings to its target, named as in the target
+/// (`./`-relative). rsync's rule: an empty `rest` or one ending in `/` copies the contents; otherwise
+/// `rest` itself lands in the target under its last component.
+pub fn restore_subset(m: &Manifest, rest: &str) -> Manifest {
+    let rest = rest.trim_start_matches('/');
+    let (from, to) = if rest.is_empty() || rest.ends_with('/') {
+        (format!("./{rest}"), "./".to_string())
+    } else {
+        let base = rest.rsplit('/').next().unwrap_or(rest);
+        (format!("./{rest}"), format!("./{base}"))
+    };
+    let (from, to) = (from.into_bytes(), to.into_bytes());
+    let mut out = Manifest::new();
+    for (name, sum) in m {
+        let Some(tail) = name.strip_prefix(from.as_slice()) else {
+            continue;
+        };
+        // `from` names a directory (ends in '/'), or a file or directory whose children follow a '/'.
+        if !(from.ends_with(b"/") || tail.is_empty() || tail.starts_with(b"/")) {
+            continue; // "./data/ab" is not under "./data/a"
+        }
+        out.insert([to.as_slice(), tail].concat(), sum.clone());
+    }
+    out
+}
+
+/// A manifest in `sha256sum --zero` form (`HASH  NAME\0`, sorted by name), as [`checksum_cmd`] writes.
+pub fn render_manifest(m: &Manifest) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, sum) in m {
+        out.extend_from_slice(sum);
+        out.extend_from_slice(b"  ");
+        out.extend_from_slice(name);
+        out.push(0);
+    }
+    out
+}
+
 pub fn parse_manifest(data: &[u8]) -> Result<Manifest, String> {
     let mut m = Manifest::new();
     for rec in data.split(|b| *b == 0).filter(|r| !r.is_empty()) {
@@ -318,6 +415,68 @@ mod tests {
     fn at(y: i64, m: u32, d: u32, h: i64) -> (String, i64) {
         let t = days_from_civil(y, m, d) * 86400 + h * 3600;
         (format_stamp(t), t)
+    }
+
+    #[test]
+    fn manifest_reuses_hashes_of_linked_files_only() {
+        let d = std::env::temp_dir().join(format!("e2e-split-{}", std::process::id()));
+        let (prev, new) = (d.join("prev"), d.join("new"));
+        for p in [&prev, &new] {
+            std::fs::create_dir_all(p.join("sub")).unwrap();
+        }
+        std::fs::write(prev.join("sub/same"), "a").unwrap();
+        std::fs::hard_link(prev.join("sub/same"), new.join("sub/same")).unwrap();
+        std::fs::write(prev.join("changed"), "b").unwrap();
+        std::fs::write(new.join("changed"), "c").unwrap(); // rewritten: a new inode
+        std::fs::write(new.join("added"), "d").unwrap();
+        std::fs::hard_link(prev.join("sub/same"), new.join("moved")).unwrap(); // linked, no old name
+        std::os::unix::fs::symlink("added", new.join("sym")).unwrap();
+        let mut m = Manifest::new();
+        m.insert(b"./sub/same".to_vec(), b"1".repeat(64));
+        m.insert(b"./changed".to_vec(), b"2".repeat(64));
+        let (reused, todo) = split_for_hashing(&new, Some((&prev, &m))).unwrap();
+        assert_eq!(reused.keys().collect::<Vec<_>>(), [b"./sub/same"]);
+        assert_eq!(
+            todo,
+            [
+                b"./added".to_vec(),
+                b"./changed".to_vec(),
+                b"./moved".to_vec()
+            ]
+        );
+        let (reused, todo) = split_for_hashing(&new, None).unwrap();
+        assert!(reused.is_empty());
+        assert_eq!(todo.len(), 4);
+        // Rendered records parse back to the same manifest.
+        let mut all = reused.clone();
+        all.extend(m.clone());
+        assert_eq!(parse_manifest(&render_manifest(&all)).unwrap(), all);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn restore_subset_follows_rsyncs_trailing_slash_rule() {
+        let mut m = Manifest::new();
+        for n in ["./data/a/x", "./data/a/sub/y", "./data/ab", "./etc/f"] {
+            m.insert(n.as_bytes().to_vec(), n.as_bytes().to_vec());
+        }
+        let names = |rest: &str| -> Vec<String> {
+            restore_subset(&m, rest)
+                .keys()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .collect()
+        };
+        assert_eq!(
+            names(""),
+            ["./data/a/sub/y", "./data/a/x", "./data/ab", "./etc/f"]
+        );
+        assert_eq!(names("data/a/"), ["./sub/y", "./x"]);
+        assert_eq!(names("data/a"), ["./a/sub/y", "./a/x"]);
+        assert_eq!(names("data/ab"), ["./ab"]);
+        assert_eq!(names("/etc/f"), ["./f"]);
+        assert!(names("data/none").is_empty());
+        // The hash travels with the name.
+        assert_eq!(restore_subset(&m, "data/a/")[&b"./x"[..]], b"./data/a/x");
     }
 
     #[test]

@@ -11,7 +11,7 @@ complete -c e2e-sync -l size -d 'Container size at creation, e.g. 64G (container
 complete -c e2e-sync -l key-file -d 'LUKS key file (container.key_file)' -r -F
 complete -c e2e-sync -l source -d 'Source path to back up, repeatable (sync.paths)' -r
 complete -c e2e-sync -l exclude -d 'rsync exclude pattern, repeatable (sync.exclude)' -r
-complete -c e2e-sync -l restore -d 'Restore SNAPSHOT[/PATH] (SNAPSHOT may be `latest`) into TARGET, rsync-style, read-only open' -r
+complete -c e2e-sync -l restore -d 'Restore SNAPSHOT[/PATH] (SNAPSHOT may be `latest`) into TARGET, rsync-style, read-only open; then check every restored file against the snapshot\'s checksum manifest (exit 1 if one differs)' -r
 complete -c e2e-sync -l verify -d 'Re-read SNAPSHOT (--verify=STAMP; default `latest`; read-only open) against the checksum manifest written when it was made; report changed, missing and extra files, exit 1 on any difference' -r
 complete -c e2e-sync -l dry-run -d 'Print the commands that would run, shell-quoted, one per line, as a script; run none'
 complete -c e2e-sync -s v -l verbose -d 'Also show the output of the commands run'
