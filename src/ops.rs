@@ -226,20 +226,36 @@ pub fn open(cli: OpenCli) -> Result<Option<PathBuf>> {
     Ok(Some(ctx.paths.fs.clone()))
 }
 
-/// Bring the stack up to a mounted filesystem (idempotent), creating the container if allowed.
-/// A read of the container over sshfs that failed because the link or sshfs died must say so, not
-/// what the missing bytes would have meant ("not a LUKS container" sends a user hunting for damage).
-fn unless_link_lost(p: &JobPaths, host: &str, e: anyhow::Error) -> anyhow::Error {
-    if remote::responsive(p, Duration::from_secs(15)) {
+/// A step that failed because the link or sshfs died must say so, not what its failed read or write
+/// would have meant ("not a LUKS container", "short read", "No such file" send a user hunting for
+/// damage). Candidates: runtime failures, and `isLuks`'s refusal (`refused`); sshfs decides by
+/// whether it still answers a statfs.
+fn explain_lost_link(ctx: &Ctx, host: &str, e: anyhow::Error, refused: bool) -> anyhow::Error {
+    let candidate = match code_of(&e) {
+        Code::Runtime => true,
+        Code::Refused => refused,
+        _ => false,
+    };
+    if !candidate
+        || ctx.run.is_dry()
+        || !remote::is_mounted(&ctx.paths)
+        || remote::responsive(&ctx.paths, Duration::from_secs(15))
+    {
         return e;
     }
     fail(
         Code::Remote,
-        format!("lost the connection to {host} while reading the container (nothing was changed): check the network, then run again"),
+        format!("lost the connection to {host} ({e:#}): check the network, then run again; earlier snapshots are not affected"),
     )
 }
 
+/// Bring the stack up to a mounted filesystem (idempotent), creating the container if allowed.
 pub fn ensure_open(ctx: &Ctx, job: &Job, create: bool, read_only: bool) -> Result<Stack> {
+    open_stack(ctx, job, create, read_only)
+        .map_err(|e| explain_lost_link(ctx, &job.remote.host, e, false))
+}
+
+fn open_stack(ctx: &Ctx, job: &Job, create: bool, read_only: bool) -> Result<Stack> {
     let p = &ctx.paths;
     let run = &ctx.run;
     let file = ctx.container_file(job);
@@ -342,7 +358,7 @@ pub fn ensure_open(ctx: &Ctx, job: &Job, create: bool, read_only: bool) -> Resul
         created = true;
     } else {
         run.run(&ct::is_luks(&file))
-            .map_err(|e| unless_link_lost(p, &job.remote.host, e))?;
+            .map_err(|e| explain_lost_link(ctx, &job.remote.host, e, true))?;
         run.run(&ct::test_key(&file, &key))?;
         let lp = match existing_loop() {
             Some(l) => l,
@@ -399,7 +415,7 @@ fn with_stack<T>(
     f: impl FnOnce(&mut Stack) -> Result<T>,
 ) -> Result<T> {
     let mut stack = ensure_open(ctx, job, job.container.create, read_only)?;
-    let r = f(&mut stack);
+    let r = f(&mut stack).map_err(|e| explain_lost_link(ctx, &job.remote.host, e, false));
     let c = close_opened(ctx, &stack);
     let v = r?;
     c?;
