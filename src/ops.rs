@@ -46,6 +46,8 @@ pub struct Ctx {
     pub run: Runner,
     pub paths: JobPaths,
     pub common: Common,
+    /// The job's sshfs was seen mounted during this run: if it is gone at an error, the link died.
+    remote_seen: std::cell::Cell<bool>,
 }
 
 impl Ctx {
@@ -58,6 +60,7 @@ impl Ctx {
             run,
             paths: JobPaths::new(&common.job)?,
             common: common.clone(),
+            remote_seen: Default::default(),
         })
     }
 
@@ -236,11 +239,12 @@ fn explain_lost_link(ctx: &Ctx, host: &str, e: anyhow::Error, refused: bool) -> 
         Code::Refused => refused,
         _ => false,
     };
-    if !candidate
-        || ctx.run.is_dry()
-        || !remote::is_mounted(&ctx.paths)
-        || remote::responsive(&ctx.paths, Duration::from_secs(15))
-    {
+    // libfuse detaches the mount (lazily) when sshfs exits on a dead link, so "no longer mounted"
+    // counts as lost too, once this run had seen it mounted.
+    let lost = ctx.remote_seen.get()
+        && (!remote::is_mounted(&ctx.paths)
+            || !remote::responsive(&ctx.paths, Duration::from_secs(15)));
+    if !candidate || ctx.run.is_dry() || !lost {
         return e;
     }
     fail(
@@ -287,6 +291,7 @@ fn open_stack(ctx: &Ctx, job: &Job, create: bool, read_only: bool) -> Result<Sta
     }
     let key = job.key_file()?; // before touching anything
     let mounted_remote = remote::mount(run, &job.remote, p)?;
+    ctx.remote_seen.set(true);
     // A dry-run cannot look inside a remote it has not really mounted.
     let blind = run.is_dry() && mounted_remote;
     let mut undo = Undo::new(run);
@@ -415,6 +420,9 @@ fn with_stack<T>(
     f: impl FnOnce(&mut Stack) -> Result<T>,
 ) -> Result<T> {
     let mut stack = ensure_open(ctx, job, job.container.create, read_only)?;
+    if remote::is_mounted(&ctx.paths) {
+        ctx.remote_seen.set(true); // (an already open stack: open_stack did not mount it)
+    }
     let r = f(&mut stack).map_err(|e| explain_lost_link(ctx, &job.remote.host, e, false));
     let c = close_opened(ctx, &stack);
     let v = r?;
