@@ -229,10 +229,14 @@ pub fn open(cli: OpenCli) -> Result<Option<PathBuf>> {
     Ok(Some(ctx.paths.fs.clone()))
 }
 
+/// Below this much free space on the server after a failed write, the failure is "server full".
+const SERVER_FULL_BELOW: u64 = 16 << 20;
+
 /// A step that failed because the link or sshfs died must say so, not what its failed read or write
 /// would have meant ("not a LUKS container", "short read", "No such file" send a user hunting for
 /// damage). Candidates: runtime failures, and `isLuks`'s refusal (`refused`); sshfs decides by
-/// whether it still answers a statfs.
+/// whether it is still mounted and answers a statfs. With the link fine, a server with almost no free
+/// space left is named as the cause (exit 6).
 fn explain_lost_link(ctx: &Ctx, host: &str, e: anyhow::Error, refused: bool) -> anyhow::Error {
     let candidate = match code_of(&e) {
         Code::Runtime => true,
@@ -244,8 +248,23 @@ fn explain_lost_link(ctx: &Ctx, host: &str, e: anyhow::Error, refused: bool) -> 
     let lost = ctx.remote_seen.get()
         && (!remote::is_mounted(&ctx.paths)
             || !remote::responsive(&ctx.paths, Duration::from_secs(15)));
-    if !candidate || ctx.run.is_dry() || !lost {
+    if !candidate || ctx.run.is_dry() {
         return e;
+    }
+    if !lost {
+        // Writes into the sparse container fail (EIO under ext4) when the server's disk fills up.
+        let free = ctx
+            .remote_seen
+            .get()
+            .then(|| remote::server_free(&ctx.paths).ok())
+            .flatten();
+        return match free {
+            Some(f) if f < SERVER_FULL_BELOW => fail(
+                Code::NoSpace,
+                format!("the server's filesystem is full ({} free) ({e:#}): free space on {host}, then run again; earlier snapshots are not affected", human(f)),
+            ),
+            _ => e,
+        };
     }
     fail(
         Code::Remote,
