@@ -644,6 +644,47 @@ fn backup(ctx: &Ctx, job: &Job, prune: bool) -> Result<PathBuf> {
     Ok(dest)
 }
 
+/// sha256 of the files `names` (`./`-relative to `dir`) with `sha256sum`, through the NUL-separated
+/// list file `list` and the output file `out` (both removed afterwards). With `unreadable_ok`, a file
+/// sha256sum cannot read is left out of the result instead of failing the step.
+fn hash_listed(
+    run: &Runner,
+    dir: &Path,
+    names: &[Vec<u8>],
+    list: &Path,
+    out: &Path,
+    unreadable_ok: bool,
+) -> Result<snapshots::Manifest> {
+    let data: Vec<u8> = names
+        .iter()
+        .flat_map(|n| n.iter().copied().chain([0]))
+        .collect();
+    std::fs::write(list, data).map_err(|e| {
+        fail(
+            Code::Runtime,
+            format!("cannot write {}: {e}", list.display()),
+        )
+    })?;
+    let mut cmd = snapshots::checksum_list_cmd(dir, list, out);
+    if unreadable_ok {
+        cmd = cmd.ok_code(123); // xargs: sha256sum failed on some file
+    }
+    let res = run.run(&cmd);
+    let hashed = std::fs::read(out);
+    let _ = std::fs::remove_file(list);
+    let _ = std::fs::remove_file(out);
+    res?;
+    hashed
+        .map_err(|e| e.to_string())
+        .and_then(|d| snapshots::parse_manifest(&d))
+        .map_err(|e| {
+            fail(
+                Code::Runtime,
+                format!("reading back {}: {e}", out.display()),
+            )
+        })
+}
+
 /// The manifest of the new snapshot STAMP (still `.inflight`): hashes of files `--link-dest` linked to
 /// the previous snapshot LINK are taken from LINK's manifest; only the files this run wrote are read
 /// and hashed (by `sha256sum`, so a restorer can check a snapshot with stock tools).
@@ -686,26 +727,7 @@ fn write_manifest(ctx: &Ctx, stamp: &str, link: Option<&str>) -> Result<()> {
                 )
             },
         )?;
-    let list: Vec<u8> = names
-        .iter()
-        .flat_map(|n| n.iter().copied().chain([0]))
-        .collect();
-    std::fs::write(&todo, list).map_err(|e| {
-        fail(
-            Code::Runtime,
-            format!("cannot write {}: {e}", todo.display()),
-        )
-    })?;
-    run.run(&snapshots::checksum_list_cmd(&dir, &todo, &part))?;
-    let hashed = std::fs::read(&part)
-        .map_err(|e| e.to_string())
-        .and_then(|d| snapshots::parse_manifest(&d))
-        .map_err(|e| {
-            fail(
-                Code::Runtime,
-                format!("cannot read back {}: {e}", part.display()),
-            )
-        })?;
+    let hashed = hash_listed(run, &dir, &names, &todo, &part, false)?;
     if hashed.len() != names.len() {
         return Err(fail(
             Code::Runtime,
@@ -729,7 +751,6 @@ fn write_manifest(ctx: &Ctx, stamp: &str, link: Option<&str>) -> Result<()> {
             format!("cannot write {}: {e}", tmp.display()),
         )
     })?;
-    run.run(&Cmd::new("rm").arg("-f").arg(&todo).arg(&part))?;
     run.run(&Cmd::new("mv").arg("-T").arg(&tmp).arg(&manifest))?;
     Ok(())
 }
@@ -847,24 +868,9 @@ fn check_restored(ctx: &Ctx, spec: &str, target: &str) -> Result<()> {
         ctx.paths.dir.join("restore.todo"),
         ctx.paths.dir.join("restore.sha256"),
     );
-    let names: Vec<u8> = want
-        .keys()
-        .flat_map(|n| n.iter().copied().chain([0]))
-        .collect();
-    std::fs::write(&list, names).map_err(|e| {
-        fail(
-            Code::Runtime,
-            format!("cannot write {}: {e}", list.display()),
-        )
-    })?;
-    // 123: a restored file could not be read: counted below as a mismatch.
-    let res = run.run(&snapshots::checksum_list_cmd(&dir, &list, &out).ok_code(123));
-    let have = std::fs::read(&out);
-    let _ = std::fs::remove_file(&list);
-    let _ = std::fs::remove_file(&out);
-    res?;
-    let have = snapshots::parse_manifest(&have?)
-        .map_err(|e| fail(Code::Runtime, format!("re-reading the restored files: {e}")))?;
+    // A restored file that cannot be read is counted below as a mismatch.
+    let names: Vec<Vec<u8>> = want.keys().cloned().collect();
+    let have = hash_listed(run, &dir, &names, &list, &out, true)?;
     let d = snapshots::compare(&want, &have);
     let bad: Vec<&Vec<u8>> = d.changed.iter().chain(&d.missing).collect();
     for n in &bad {
