@@ -29,7 +29,7 @@ pub fn main<C: clap::Parser>(name: &str, f: fn(C) -> Result<Option<PathBuf>>) ->
             } else {
                 ""
             };
-            println!("{mark}{}", p.display());
+            print_stdout(&format!("{mark}{}\n", p.display()));
             ExitCode::SUCCESS
         }
         Ok(None) => ExitCode::SUCCESS,
@@ -39,6 +39,14 @@ pub fn main<C: clap::Parser>(name: &str, f: fn(C) -> Result<Option<PathBuf>>) ->
             ExitCode::from(code_of(&e) as u8)
         }
     }
+}
+
+/// Write results to stdout in one piece. A reader that has gone away (`e2e-sync --list | grep -q X`,
+/// `| head -1`) is not an error of ours: the output is dropped instead of panicking, which is what
+/// `println!` does on EPIPE (Rust ignores SIGPIPE).
+pub fn print_stdout(text: &str) {
+    let mut o = std::io::stdout().lock();
+    let _ = o.write_all(text.as_bytes()).and_then(|_| o.flush());
 }
 
 /// Per-run context: the runner and the job's runtime paths.
@@ -180,8 +188,7 @@ fn mount_foreground(ctx: &Ctx, job: &Job) -> Result<Option<PathBuf>> {
         std::thread::sleep(Duration::from_millis(100));
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    println!("{}", p.remote.display());
-    let _ = std::io::stdout().flush();
+    print_stdout(&format!("{}\n", p.remote.display()));
     let pid = Pid::from_raw(child.id() as i32);
     let result = loop {
         let sig = set.wait()?;
@@ -492,13 +499,16 @@ pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
         return verify(&ctx, &job, snap);
     }
     if cli.list {
-        return with_stack(&ctx, &job, true, |_| {
+        // Printed after the stack is closed: nothing the reader does can leave it open.
+        let list = with_stack(&ctx, &job, true, |_| {
             let (stamps, _) = snapshots::scan(&ctx.paths.fs);
-            for (s, _) in stamps {
-                println!("{s}");
-            }
-            Ok(None)
-        });
+            Ok(stamps
+                .into_iter()
+                .map(|(s, _)| format!("{s}\n"))
+                .collect::<String>())
+        })?;
+        print_stdout(&list);
+        return Ok(None);
     }
     if job.sync.paths.is_empty() {
         return Err(fail(
