@@ -1204,7 +1204,7 @@ pub fn trim(cli: TrimCli) -> Result<Option<PathBuf>> {
     };
     remote::make_dirs(run, p)?;
     let alloc = remote::allocated_cmd(r, &job.container.file);
-    let before = run.query(&alloc)?.and_then(|o| remote::parse_allocated(&o));
+    let before = server_allocation(run, &alloc)?;
 
     let mut undo = Undo::new(run);
     // The tunnel: the NBD server listens on the server's loopback only; NBD is plain text.
@@ -1275,7 +1275,10 @@ pub fn trim(cli: TrimCli) -> Result<Option<PathBuf>> {
         );
     }
     drop(undo); // tear down in reverse: umount, close, nbd-client -d, tunnel exit
-    let after = run.query(&alloc)?.and_then(|o| remote::parse_allocated(&o));
+    let after = match before {
+        Some(_) => server_allocation(run, &alloc)?,
+        None => None,
+    };
     if let (Some(b), Some(a)) = (before, after) {
         eprintln!(
             "server allocated bytes: before {b} ({}), after {a} ({})",
@@ -1293,6 +1296,22 @@ pub fn trim(cli: TrimCli) -> Result<Option<PathBuf>> {
         }
     }
     Ok(Some(file))
+}
+
+/// The container's allocation on the server (`ssh HOST stat`), or None with a warning when the account
+/// runs no commands: the NixOS server module's accounts are SFTP-only (ForceCommand internal-sftp)
+/// yet may forward the NBD port, so the trim itself still works there. ssh's own failures
+/// (unreachable, key refused) still end the run.
+fn server_allocation(run: &Runner, alloc: &Cmd) -> Result<Option<u64>> {
+    match run.query(alloc) {
+        Ok(o) => Ok(o.and_then(|o| remote::parse_allocated(&o))),
+        Err(e) if code_of(&e) == Code::Remote => Err(e),
+        Err(e) => {
+            let why = format!("{e:#}").replace('\n', " ");
+            eprintln!("warning: cannot read the container's allocation on the server: the account runs no commands (SFTP-only?) ({why}); trimming without the before/after check");
+            Ok(None)
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -83,12 +83,18 @@ pub fn classify_ssh_error(r: &Remote, stderr: &str) -> Fail {
 }
 
 /// A quick `ssh … true` so an unreachable host and a host-key mismatch each get their own message
-/// before sshfs hides them behind "read: Connection reset by peer".
+/// before sshfs hides them behind "read: Connection reset by peer". ssh exits 255 for its own
+/// failures; any other code was the account's answer after login, so the link and key are fine:
+/// an SFTP-only account (ForceCommand internal-sftp, as the NixOS server module sets up) answers 1
+/// "This service allows sftp connections only.", a restricted shell 126 or 127.
 pub fn probe(r: &Remote) -> Cmd {
     let r2 = r.clone();
     ssh(r)
         .arg(destination(r))
         .arg("true")
+        .ok_code(1)
+        .ok_code(126)
+        .ok_code(127)
         .on_fail(move |rc, stderr| (rc == 255).then(|| classify_ssh_error(&r2, stderr)))
 }
 
@@ -349,6 +355,10 @@ mod tests {
     fn probe_and_stat() {
         let p = probe(&remote()).argv();
         assert_eq!(p[p.len() - 2..], ["alice@backup.example.org", "true"]);
+        // An SFTP-only account cannot run `true`; only ssh's own 255 is a failure.
+        assert!(probe(&remote())
+            .script_line()
+            .ends_with("true || case $? in 1|126|127) ;; *) false ;; esac"));
         let s = allocated_cmd(&remote(), "home.luks");
         assert_eq!(
             s.argv().last().unwrap(),
