@@ -29,7 +29,7 @@ pub struct Common {
 
 const EXIT_CODES: &str = "\
 Exit status: 0 success; 1 an external step failed; 2 usage or configuration error; 3 remote
-unreachable or host key mismatch; 4 container refused (not LUKS, wrong key, in use by another host);
+unreachable or host key mismatch; 4 container refused (not LUKS, wrong key, in use by another host, not readable or writable by the server account);
 5 locked by another run on this host; 6 out of space (server or container).";
 
 const OPEN_NOTES: &str = "\
@@ -38,7 +38,7 @@ it is used instead of container.key_file. E2E_BACKUP_TEST_PBKDF=1 is for the tes
 makes luksFormat use PBKDF2 with 1000 iterations, which makes the key slot cheap to attack.
 
 Exit status: 0 success; 1 an external step failed; 2 usage or configuration error; 3 remote
-unreachable or host key mismatch; 4 container refused (not LUKS, wrong key, in use by another host);
+unreachable or host key mismatch; 4 container refused (not LUKS, wrong key, in use by another host, not readable or writable by the server account);
 5 locked by another run on this host; 6 out of space (server or container).";
 
 const TRIM_NOTES: &str = "\

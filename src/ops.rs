@@ -388,9 +388,15 @@ fn open_stack(ctx: &Ctx, job: &Job, create: bool, read_only: bool) -> Result<Sta
         stack.size = Some(size);
         created = true;
     } else {
+        if !blind {
+            check_access(&file, &job.remote.user, false)?;
+        }
         run.run(&ct::is_luks(&file))
             .map_err(|e| explain_lost_link(ctx, &job.remote.host, e, true))?;
         run.run(&ct::test_key(&file, &key))?;
+        if !read_only && !blind {
+            check_access(&file, &job.remote.user, true)?;
+        }
         let lp = match existing_loop() {
             Some(l) => l,
             None => {
@@ -420,6 +426,25 @@ fn open_stack(ctx: &Ctx, job: &Job, create: bool, read_only: bool) -> Result<Sta
         .map_err(|e| fsys::name_mmp_holder(run, dev, e))?;
     undo.done();
     Ok(stack)
+}
+
+/// Refuse a container the server account cannot read or write (handed back owned by another user,
+/// say) with a line that says so: otherwise isLuks reports "not a LUKS container", or losetup quietly
+/// attaches it read-only and fsck fails later with "Operation not permitted". Opening the file through
+/// sshfs asks the server and changes nothing.
+fn check_access(file: &Path, user: &str, write: bool) -> Result<()> {
+    let how = if write { "writable" } else { "readable" };
+    match std::fs::OpenOptions::new().read(!write).write(write).open(file) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(fail(
+            Code::Refused,
+            format!(
+                "container {} is not {how} by the server account {user} ({e}): on the server, give it back to that account (chown and chmod 600)",
+                file.display()
+            ),
+        )),
+        // Anything else (a lost link, say) is for the steps that follow to report.
+        _ => Ok(()),
+    }
 }
 
 /// Undo what [`ensure_open`] did (nothing if the stack was already up).
