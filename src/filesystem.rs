@@ -80,6 +80,27 @@ pub fn name_mmp_holder(run: &crate::exec::Runner, dev: &Path, e: anyhow::Error) 
     }
 }
 
+/// An MMP refusal whose holder is this very host: most likely an earlier run of ours whose last
+/// writes are still landing on the server — after a dropped link the kernel delivers a dead ssh connection's queued writes (MMP
+/// updates among them) once the link is back, and e2fsck sees the block change. Such a stream ends;
+/// a live holder updates the block every 5 s forever. So the caller may check again, a few times:
+/// each check is e2fsck's own MMP wait, so a real holder is still refused.
+pub fn refused_by_own_host(run: &crate::exec::Runner, dev: &Path, e: &anyhow::Error) -> bool {
+    if crate::error::code_of(e) != Code::Refused {
+        return false;
+    }
+    // The kernel's node name: what the kernel (kmmpd) and e2fsck write into the MMP block.
+    let Ok(me) = std::fs::read_to_string("/proc/sys/kernel/hostname") else {
+        return false;
+    };
+    let holder = run
+        .query(&dump_mmp(dev))
+        .ok()
+        .flatten()
+        .and_then(|o| mmp_holder(&o));
+    holder.is_some_and(|h| h == me.trim())
+}
+
 /// `fsck.ext4 -p`: repair what is safe. Exit 1 (errors fixed) is success; MMP activity means
 /// another host has the filesystem mounted.
 pub fn fsck(dev: &Path) -> Cmd {
