@@ -279,10 +279,6 @@ fn explain_lost_link(ctx: &Ctx, host: &str, e: anyhow::Error, refused: bool) -> 
     )
 }
 
-/// How many more times fsck may check an MMP block that names this host (see
-/// [`fsys::refused_by_own_host`]): each check waits 11 s; a live holder fails every one.
-const OWN_HOST_MMP_RETRIES: usize = 3;
-
 /// Bring the stack up to a mounted filesystem (idempotent), creating the container if allowed.
 pub fn ensure_open(ctx: &Ctx, job: &Job, create: bool, read_only: bool) -> Result<Stack> {
     open_stack(ctx, job, create, read_only)
@@ -423,17 +419,7 @@ fn open_stack(ctx: &Ctx, job: &Job, create: bool, read_only: bool) -> Result<Sta
     }
     // A filesystem mkfs just made needs no check (and the check would cost another MMP wait).
     if !read_only && !created {
-        let mut r = run.run(&fsys::fsck(dev));
-        for _ in 0..OWN_HOST_MMP_RETRIES {
-            match &r {
-                Err(e) if fsys::refused_by_own_host(run, dev, e) => {
-                    eprintln!("note: the MMP block names this host as the holder: an earlier run's writes may still be landing on the server (after a dropped link); checking again");
-                    r = run.run(&fsys::fsck(dev));
-                }
-                _ => break,
-            }
-        }
-        r.map_err(|e| fsys::name_mmp_holder(run, dev, e))?;
+        fsys::check(run, dev)?;
     }
     run.run(&fsys::mount(dev, &p.fs, read_only))
         .map_err(|e| fsys::name_mmp_holder(run, dev, e))?;
@@ -1301,7 +1287,7 @@ pub fn trim(cli: TrimCli) -> Result<Option<PathBuf>> {
         },
     ))?;
     undo.push(ct::luks_close(&p.dm_name));
-    run.run(&fsys::fsck(&p.dm_dev))?;
+    fsys::check(run, &p.dm_dev)?;
     run.run(&fsys::mount(&p.dm_dev, &p.fs, false))?;
     undo.push(fsys::umount(&p.fs));
     let out = run.run(&fsys::fstrim(&p.fs))?;
