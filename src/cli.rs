@@ -30,7 +30,9 @@ pub struct Common {
 const EXIT_CODES: &str = "\
 Exit status: 0 success; 1 an external step failed; 2 usage or configuration error; 3 remote
 unreachable or host key mismatch; 4 container refused (not LUKS, wrong key, in use by another host, not readable or writable by the server account);
-5 locked by another run on this host; 6 out of space (server or container).";
+5 locked by another run on this host; 6 out of space (server or container); 7 a check cannot be made
+(the snapshot's manifest is missing, damaged or empty); 129/130/143 stopped by SIGHUP/SIGINT/SIGTERM
+after closing what the run had opened.";
 
 const OPEN_NOTES: &str = "\
 Environment: CREDENTIALS_DIRECTORY: if $CREDENTIALS_DIRECTORY/key exists (systemd LoadCredential=key:...)
@@ -39,7 +41,9 @@ makes luksFormat use PBKDF2 with 1000 iterations, which makes the key slot cheap
 
 Exit status: 0 success; 1 an external step failed; 2 usage or configuration error; 3 remote
 unreachable or host key mismatch; 4 container refused (not LUKS, wrong key, in use by another host, not readable or writable by the server account);
-5 locked by another run on this host; 6 out of space (server or container).";
+5 locked by another run on this host; 6 out of space (server or container); 7 a check cannot be made
+(the snapshot's manifest is missing, damaged or empty); 129/130/143 stopped by SIGHUP/SIGINT/SIGTERM
+after closing what the run had opened.";
 
 const TRIM_NOTES: &str = "\
 Server side: an NBD server bound to the server's loopback, one export per container, named after the
@@ -102,6 +106,10 @@ pub struct SyncCli {
     /// then check every restored file against the snapshot's checksum manifest (exit 1 if one differs)
     #[arg(long, num_args = 2, value_names = ["SNAPSHOT[/PATH]", "TARGET"], conflicts_with = "list")]
     pub restore: Option<Vec<String>>,
+    /// With --restore: restore even when the snapshot's manifest is missing, damaged or lists none of
+    /// the files (otherwise refused with exit 7 before anything is copied); the restore is unchecked
+    #[arg(long, requires = "restore")]
+    pub unchecked: bool,
     /// List the snapshots, oldest first
     #[arg(long)]
     pub list: bool,
@@ -119,9 +127,10 @@ pub struct SyncCli {
     /// Do not prune old snapshots after syncing
     #[arg(long)]
     pub no_prune: bool,
-    /// Sync even though the container lacks the newest snapshot this host wrote (the server handed
-    /// back an older copy); nothing is pruned in that run
-    #[arg(long, conflicts_with_all = ["restore", "list", "verify"])]
+    /// Use the container even though it fails the check against what this host last wrote (it lacks
+    /// the newest snapshot this host wrote, that snapshot's manifest changed, or its LUKS UUID
+    /// differs: the server handed back an older or another copy); a sync then prunes nothing
+    #[arg(long)]
     pub accept_rollback: bool,
 }
 
@@ -168,7 +177,8 @@ pub struct TrimCli {
 
 /// Tear the job's stack down from any state: umount, cryptsetup close, detach loop, unmount sshfs.
 ///
-/// Kills a hung sshfs. Prints nothing.
+/// Kills a hung sshfs. Takes the job's lock: while a run (e2e-sync, e2e-grow, e2e-trim) holds it,
+/// refuses with exit 5 unless --force. Prints nothing.
 #[derive(Debug, Parser)]
 #[command(name = "e2e-close", version, after_help = EXIT_CODES)]
 pub struct CloseCli {
@@ -177,6 +187,9 @@ pub struct CloseCli {
     /// Leave the sshfs mount in place
     #[arg(long)]
     pub keep_remote: bool,
+    /// Close even while a run of this job holds its lock (that run then fails)
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[cfg(test)]

@@ -444,6 +444,14 @@ fn resolve(job: &str, raw: RawFile, ov: &Overrides, origin: &str) -> Result<Job>
             return Err(bad("sync.paths", format!("{p:?} is not an absolute path")));
         }
     }
+    for e in &sync.exclude {
+        if let Some(why) = filter_rule_prefix(e) {
+            return Err(bad(
+                "sync.exclude",
+                format!("{e:?} {why}, which rsync reads as a filter rule, not a pattern; write the pattern without it (for a name that really starts so, use a leading [!] or [+] character class)"),
+            ));
+        }
+    }
     Ok(Job {
         name: job.to_string(),
         origin: origin.to_string(),
@@ -481,12 +489,44 @@ impl Job {
     }
 }
 
-/// Refuse a missing key file or one readable by group/others.
+/// Why an exclude pattern would not be taken as a pattern by rsync: `!` clears the list, `+ ` and
+/// `- ` (and `+,`/`-,` with modifiers) turn it into an include or exclude rule.
+fn filter_rule_prefix(e: &str) -> Option<&'static str> {
+    if e == "!" {
+        Some("is \"!\" (clears every exclude)")
+    } else if e.starts_with("+ ") || e.starts_with("+,") {
+        Some("starts with \"+\" (an include rule)")
+    } else if e.starts_with("- ") || e.starts_with("-,") {
+        Some("starts with \"- \" (a rule prefix)")
+    } else {
+        None
+    }
+}
+
+/// The smallest key file accepted: 32 bytes (256 bits), so the key file is the secret, not a
+/// password-strength string (LUKS's key derivation is all that protects a short one).
+pub const MIN_KEY_BYTES: u64 = 32;
+
+/// Refuse a missing key file, one another user owns, one readable by group/others, a short one.
 pub fn check_key_file(path: &Path) -> std::result::Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let md = std::fs::metadata(path).map_err(|e| format!("{e}"))?;
     if !md.is_file() {
         return Err("not a regular file".to_string());
+    }
+    let me = unsafe { nix::libc::geteuid() };
+    if md.uid() != 0 && md.uid() != me {
+        return Err(format!(
+            "owned by uid {}, not root: another user could replace it; run: chown root {}",
+            md.uid(),
+            crate::exec::quote(&path.to_string_lossy())
+        ));
+    }
+    if md.len() < MIN_KEY_BYTES {
+        return Err(format!(
+            "holds {} bytes, fewer than {MIN_KEY_BYTES}: use a random key, e.g. head -c 64 /dev/urandom >FILE",
+            md.len()
+        ));
     }
     let mode = md.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
@@ -664,12 +704,25 @@ keep_daily = 7
     }
 
     #[test]
+    fn exclude_filter_rules_refused() {
+        for e in ["!", "+ /keep", "- x", "+,s x", "-,p y"] {
+            assert!(filter_rule_prefix(e).is_some(), "{e}");
+        }
+        for e in ["*.cache", "-x", "+x", "/home/*/tmp", "!x"] {
+            assert_eq!(filter_rule_prefix(e), None, "{e}");
+        }
+    }
+
+    #[test]
     fn key_file_mode() {
         use std::os::unix::fs::PermissionsExt;
         let dir = std::env::temp_dir().join(format!("e2e-key-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let k = dir.join("k");
         std::fs::write(&k, "secret").unwrap();
+        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(check_key_file(&k).unwrap_err().contains("fewer than 32"));
+        std::fs::write(&k, [7u8; 32]).unwrap();
         std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o640)).unwrap();
         assert!(check_key_file(&k).unwrap_err().contains("chmod 600"));
         std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();

@@ -17,6 +17,20 @@ pub fn test_pbkdf() -> bool {
     std::env::var(TEST_PBKDF_ENV).is_ok_and(|v| v == "1")
 }
 
+/// The name a new container is built under (`.NAME.creating` beside it) until it is formatted.
+pub fn building_name(file: &Path) -> std::path::PathBuf {
+    let name = file.file_name().unwrap_or_default().to_string_lossy();
+    file.with_file_name(format!(".{name}.creating"))
+}
+
+/// Create FILE empty, failing if anything (a symlink included) is at that name: the shell's
+/// noclobber opens with O_CREAT|O_EXCL, which never follows a symlink.
+pub fn create_exclusive(file: &Path) -> Cmd {
+    Cmd::new("sh")
+        .args(["-c", "set -C && : >\"$1\"", "e2e-create"])
+        .arg(file)
+}
+
 /// `truncate -s SIZE FILE`: a sparse file, no data written.
 pub fn truncate(file: &Path, size: u64) -> Cmd {
     Cmd::new("truncate")
@@ -61,6 +75,11 @@ pub fn luks_format(dev: impl Into<Arg>, key: &Path, fast_pbkdf: bool) -> Cmd {
 }
 
 /// `cryptsetup isLuks FILE`: refuse to touch anything that is not ours.
+/// `cryptsetup luksUUID FILE`: the header's UUID (no key needed).
+pub fn luks_uuid(file: &Path) -> Cmd {
+    Cmd::new("cryptsetup").arg("luksUUID").arg(file)
+}
+
 pub fn is_luks(file: &Path) -> Cmd {
     let f = file.display().to_string();
     Cmd::new("cryptsetup")

@@ -17,6 +17,26 @@ pub enum Code {
     Locked = 5,
     /// Out of space on the server or in the container.
     NoSpace = 6,
+    /// A check that was asked for cannot be made: the snapshot's manifest is missing, unreadable or
+    /// empty (pass `--unchecked` to restore without the check).
+    Unchecked = 7,
+    /// Stopped by SIGHUP (128 + 1), after unwinding what the run had opened.
+    Hangup = 129,
+    /// Stopped by SIGINT (Ctrl-C; 128 + 2), after unwinding.
+    Interrupted = 130,
+    /// Stopped by SIGTERM (128 + 15), after unwinding.
+    Terminated = 143,
+}
+
+impl Code {
+    /// The exit code for a run stopped by signal `sig`.
+    pub fn for_signal(sig: i32) -> Code {
+        match sig {
+            1 => Code::Hangup,
+            15 => Code::Terminated,
+            _ => Code::Interrupted,
+        }
+    }
 }
 
 /// An error with a one-line message meant for the user and a documented exit code.

@@ -9,11 +9,60 @@ use crate::error::{fail, Code, Fail};
 use anyhow::Result;
 use std::cell::RefCell;
 use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 static DRY_RUN: AtomicBool = AtomicBool::new(false);
+
+/// The first SIGINT/SIGTERM/SIGHUP this process received (0: none).
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// The process group of the running step that a signal may stop (0: none, or a cleanup step).
+static CHILD: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_signal(sig: nix::libc::c_int) {
+    // Only async-signal-safe work here: remember the signal, stop the running step.
+    let _ = SIGNAL.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst);
+    let pg = CHILD.load(Ordering::SeqCst);
+    if pg > 0 {
+        unsafe { nix::libc::kill(-pg, nix::libc::SIGTERM) };
+    }
+}
+
+/// Catch SIGINT, SIGTERM and SIGHUP: the running step is stopped, no further step starts, and the
+/// error that follows unwinds what the run opened (cleanup steps still run) before the binary exits
+/// 130/143/129. Children run in process groups of their own, so a terminal's Ctrl-C reaches only us
+/// (sshfs, in particular, must not die under a mounted container).
+pub fn catch_signals() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let act = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        unsafe {
+            let _ = sigaction(s, &act);
+        }
+    }
+}
+
+/// `Err` (exit 128 + N, one line) once a stopping signal has arrived.
+pub fn check_interrupted() -> Result<()> {
+    match SIGNAL.load(Ordering::SeqCst) {
+        0 => Ok(()),
+        sig => {
+            let name = nix::sys::signal::Signal::try_from(sig)
+                .map(|s| s.as_str())
+                .unwrap_or("a signal");
+            Err(fail(
+                Code::for_signal(sig),
+                format!("stopped by {name}; what this run had opened was closed again"),
+            ))
+        }
+    }
+}
 
 /// Whether this process made a dry-run runner (its final output must stay a valid script).
 pub fn dry_run_active() -> bool {
@@ -187,6 +236,15 @@ impl Cmd {
             };
         }
         c.envs(self.env.iter().map(|(k, v)| (k, v)));
+        // Own process group: a terminal's Ctrl-C is ours to handle (see catch_signals). SIGTERM when
+        // we die, even by SIGKILL: no rsync goes on writing into a container nobody holds.
+        c.process_group(0);
+        unsafe {
+            c.pre_exec(|| {
+                nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGTERM);
+                Ok(())
+            });
+        }
         Ok(c)
     }
 
@@ -256,6 +314,51 @@ pub struct Runner {
     pub verbose: bool,
     sink: Sink,
     started: RefCell<bool>,
+    /// > 0 while undoing: those steps run even after a stopping signal.
+    unwinding: std::rc::Rc<std::cell::Cell<u32>>,
+}
+
+/// While alive, the runner's steps are cleanup steps (see [`Runner::unwinding`]).
+pub struct Unwinding(std::rc::Rc<std::cell::Cell<u32>>);
+
+impl Drop for Unwinding {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+/// The running step, registered so that a signal stops it; unregistered when dropped.
+struct Step {
+    interruptible: bool,
+}
+
+impl Step {
+    fn start(interruptible: bool, child: &std::process::Child) -> Self {
+        if interruptible {
+            CHILD.store(child.id() as i32, Ordering::SeqCst);
+            if SIGNAL.load(Ordering::SeqCst) != 0 {
+                // The signal came between the check and the registration.
+                unsafe { nix::libc::kill(-(child.id() as i32), nix::libc::SIGTERM) };
+            }
+        }
+        Step { interruptible }
+    }
+    /// After the child ended: a stopped step is reported as the stop, not as its own failure.
+    fn finish(self) -> Result<()> {
+        if self.interruptible {
+            check_interrupted()
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Drop for Step {
+    fn drop(&mut self) {
+        if self.interruptible {
+            CHILD.store(0, Ordering::SeqCst);
+        }
+    }
 }
 
 impl Runner {
@@ -268,6 +371,7 @@ impl Runner {
             verbose,
             sink: Sink::Stdout,
             started: RefCell::new(false),
+            unwinding: Default::default(),
         }
     }
 
@@ -278,11 +382,29 @@ impl Runner {
             verbose: false,
             sink: Sink::Buffer(RefCell::new(Vec::new())),
             started: RefCell::new(false),
+            unwinding: Default::default(),
         }
     }
 
     pub fn is_dry(&self) -> bool {
         self.dry_run
+    }
+
+    /// Mark the steps run while the guard lives as cleanup: a stopping signal neither refuses nor
+    /// stops them (an interrupted run must still unmount and close what it opened).
+    pub fn unwinding(&self) -> Unwinding {
+        self.unwinding.set(self.unwinding.get() + 1);
+        Unwinding(self.unwinding.clone())
+    }
+
+    /// Start a step: refused once a stopping signal has arrived, unless it is a cleanup step.
+    fn begin(&self, cmd: &Cmd) -> Result<bool> {
+        let interruptible = self.unwinding.get() == 0;
+        if interruptible {
+            check_interrupted()?;
+        }
+        self.log(cmd);
+        Ok(interruptible)
     }
 
     /// The collected script of a [`Runner::buffered`] runner.
@@ -353,12 +475,17 @@ impl Runner {
     }
 
     fn exec(&self, cmd: &Cmd) -> Result<Output> {
-        self.log(cmd);
-        let out = cmd
+        let interruptible = self.begin(cmd)?;
+        let child = cmd
             .command()?
             .stdin(Stdio::null())
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .map_err(|e| spawn_error(cmd, e))?;
+        let step = Step::start(interruptible, &child);
+        let out = child.wait_with_output()?;
+        step.finish()?;
         let o = Output {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -378,8 +505,9 @@ impl Runner {
             self.emit(cmd.script_line());
             return Ok(Some(Output::default()));
         }
-        self.log(cmd);
+        let interruptible = self.begin(cmd)?;
         let mut child = cmd.spawn_piped()?;
+        let step = Step::start(interruptible, &child);
         let deadline = Instant::now() + limit;
         let status = loop {
             if let Some(s) = child.try_wait()? {
@@ -412,6 +540,7 @@ impl Runner {
         if let Some(mut s) = child.stderr.take() {
             let _ = s.read_to_string(&mut o.stderr);
         }
+        step.finish()?;
         cmd.check(status.code(), &o)?;
         Ok(Some(o))
     }
@@ -423,8 +552,9 @@ impl Runner {
             self.emit(cmd.script_line());
             return Ok(Output::default());
         }
-        self.log(cmd);
+        let interruptible = self.begin(cmd)?;
         let mut child = cmd.spawn_piped()?;
+        let step = Step::start(interruptible, &child);
         let mut err_pipe = child.stderr.take().expect("piped");
         let err_thread = std::thread::spawn(move || {
             let mut s = Vec::new();
@@ -456,6 +586,7 @@ impl Runner {
             on_line(&String::from_utf8_lossy(&pending));
         }
         let status = child.wait()?;
+        step.finish()?;
         let o = Output {
             code: status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&all).into_owned(),

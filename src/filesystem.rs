@@ -146,9 +146,9 @@ pub fn fsck(dev: &Path) -> Cmd {
 /// them on the server and send them over the network — see [`mkfs`]).
 pub fn mount(dev: &Path, mountpoint: &Path, read_only: bool) -> Cmd {
     let opts = if read_only {
-        "ro,noinit_itable"
+        "ro,nosuid,nodev,noinit_itable"
     } else {
-        "rw,noinit_itable,errors=remount-ro,data_err=abort"
+        "rw,nosuid,nodev,noinit_itable,errors=remount-ro,data_err=abort"
     };
     Cmd::new("mount")
         .args(["-t", "ext4", "-o", opts])
@@ -206,11 +206,11 @@ mod tests {
         );
         assert_eq!(
             mount(dev, Path::new("/run/e2e-backup/home/fs"), false).render(),
-            "mount -t ext4 -o rw,noinit_itable,errors=remount-ro,data_err=abort /dev/mapper/e2e-home /run/e2e-backup/home/fs"
+            "mount -t ext4 -o rw,nosuid,nodev,noinit_itable,errors=remount-ro,data_err=abort /dev/mapper/e2e-home /run/e2e-backup/home/fs"
         );
         assert!(mount(dev, Path::new("/x"), true)
             .render()
-            .contains("-o ro,noinit_itable "));
+            .contains("-o ro,nosuid,nodev,noinit_itable "));
         assert_eq!(
             fsck(dev).script_line(),
             "fsck.ext4 -p /dev/mapper/e2e-home || case $? in 1) ;; *) false ;; esac"

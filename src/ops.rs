@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 /// Run one binary: parse, call `f`, print the produced path, map errors to one line and an exit code.
 pub fn main<C: clap::Parser>(name: &str, f: fn(C) -> Result<Option<PathBuf>>) -> ExitCode {
     let cli = C::parse();
+    crate::exec::catch_signals();
     match f(cli) {
         Ok(Some(p)) => {
             // In a dry-run stdout is a script: the path becomes a comment.
@@ -56,6 +57,10 @@ pub struct Ctx {
     pub common: Common,
     /// The job's sshfs was seen mounted during this run: if it is gone at an error, the link died.
     remote_seen: std::cell::Cell<bool>,
+    /// --accept-rollback: open a container that fails the check against the client's state.
+    pub accept_rollback: std::cell::Cell<bool>,
+    /// The container passed that check (false: accepted with --accept-rollback; never prune then).
+    consistent: std::cell::Cell<bool>,
 }
 
 impl Ctx {
@@ -69,6 +74,8 @@ impl Ctx {
             paths: JobPaths::new(&common.job)?,
             common: common.clone(),
             remote_seen: Default::default(),
+            accept_rollback: Default::default(),
+            consistent: std::cell::Cell::new(true),
         })
     }
 
@@ -88,6 +95,70 @@ impl Ctx {
 
     fn fs_mounted(&self) -> bool {
         mount_at(&self.paths.fs).is_some()
+    }
+
+    /// `fs/` is the filesystem of `/dev/mapper/e2e-<job>` (same device number), checked before every
+    /// step that writes into it: a closed or lost container must not leave the run writing into the
+    /// bare directory on the client.
+    fn assert_container_mounted(&self) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        if self.run.is_dry() {
+            return Ok(());
+        }
+        let p = &self.paths;
+        let fs = std::fs::metadata(&p.fs).map(|m| m.dev());
+        let dm = std::fs::metadata(&p.dm_dev).map(|m| m.rdev());
+        match (fs, dm) {
+            (Ok(a), Ok(b)) if a == b && self.fs_mounted() => Ok(()),
+            _ => Err(fail(
+                Code::Runtime,
+                format!(
+                    "{} is no longer the container's filesystem ({} closed under this run?): stopped before writing",
+                    p.fs.display(),
+                    p.dm_dev.display()
+                ),
+            )),
+        }
+    }
+
+    /// The container's LUKS UUID (`cryptsetup luksUUID`, read from the header: no key needed).
+    fn luks_uuid(&self, job: &Job) -> Result<Option<String>> {
+        let out = self.run.query(&ct::luks_uuid(&self.container_file(job)))?;
+        Ok(out.map(|o| o.trim().to_string()).filter(|u| !u.is_empty()))
+    }
+
+    /// sha256 of snapshot STAMP's manifest as it is now (`None`: no manifest).
+    fn manifest_digest(&self, stamp: &str) -> Result<Option<String>> {
+        let m = snapshots::manifest_path(&self.paths.fs, stamp);
+        if std::fs::symlink_metadata(&m).is_err() {
+            return Ok(None);
+        }
+        let out = self.run.query(&Cmd::new("sha256sum").arg("--").arg(&m))?;
+        Ok(out.and_then(|o| o.split_whitespace().next().map(str::to_string)))
+    }
+
+    /// Is this the container, and the history, this host last wrote? Checked on every open that
+    /// reads or writes snapshots (sync, list, restore, verify); refuses with exit 4 otherwise.
+    fn check_history(&self, job: &Job) -> Result<()> {
+        if self.run.is_dry() || !self.fs_mounted() {
+            return Ok(());
+        }
+        let state = rollback::state_file(&job.name);
+        let Some(r) = rollback::remembered(&state) else {
+            return Ok(()); // this host never wrote here: nothing to compare against
+        };
+        let (stamps, _) = snapshots::scan(&self.paths.fs);
+        let names: Vec<&str> = stamps.iter().map(|s| s.0.as_str()).collect();
+        let uuid = self.luks_uuid(job)?;
+        let digest = self.manifest_digest(&r.stamp)?;
+        let seen = rollback::Seen {
+            stamps: &names,
+            luks_uuid: uuid.as_deref(),
+            manifest_sha256: digest.as_deref(),
+        };
+        let ok = rollback::gate(&state, &seen, self.accept_rollback.get())?;
+        self.consistent.set(ok);
+        Ok(())
     }
 }
 
@@ -114,6 +185,7 @@ impl<'a> Undo<'a> {
 
 impl Drop for Undo<'_> {
     fn drop(&mut self) {
+        let _cleanup = self.run.unwinding();
         while let Some(c) = self.steps.pop() {
             if let Err(e) = self.run.run(&c) {
                 eprintln!("warning: cleanup step failed: {e:#}");
@@ -295,7 +367,7 @@ fn open_stack(ctx: &Ctx, job: &Job, create: bool, read_only: bool) -> Result<Sta
             .next()
             .map(|l| Arg::from(&l))
     };
-    let size_now = || std::fs::metadata(&file).ok().map(|m| m.len());
+    let size_now = || std::fs::symlink_metadata(&file).ok().map(|m| m.len());
     if let Some(m) = mount_at(&p.fs) {
         let ro = m.options.split(',').any(|o| o == "ro");
         if ro && !read_only {
@@ -325,7 +397,11 @@ fn open_stack(ctx: &Ctx, job: &Job, create: bool, read_only: bool) -> Result<Sta
         undo.push(Cmd::new(remote::fusermount()).arg("-u").arg(&p.remote));
     }
     let dev = p.dm_dev.as_path();
-    let exists = if blind { !create } else { file.exists() };
+    let exists = if blind {
+        !create
+    } else {
+        container_exists(&file)?
+    };
     let mut created = false;
     let mut stack = Stack {
         mounted_remote,
@@ -367,10 +443,22 @@ fn open_stack(ctx: &Ctx, job: &Job, create: bool, read_only: bool) -> Result<Sta
         if blind {
             run.note("the remote is not mounted yet, so this script guards against an existing container:");
             run.run(&Cmd::new("test").arg("!").arg("-e").arg(&file))?;
+            run.run(&Cmd::new("test").arg("!").arg("-L").arg(&file))?;
         }
-        run.run(&ct::truncate(&file, size))?;
-        undo.push(Cmd::new("rm").arg("-f").arg(&file));
-        let lp = run.capture(&ct::losetup_attach(&file, false), "loop")?;
+        // Built under a temporary name and renamed into place once formatted: an interrupted
+        // creation leaves only that name, which the next creation removes.
+        let building = ct::building_name(&file);
+        if std::fs::symlink_metadata(&building).is_ok() {
+            eprintln!(
+                "note: removing {}, left by an interrupted creation",
+                building.display()
+            );
+            run.run(&Cmd::new("rm").arg("-f").arg(&building))?;
+        }
+        run.run(&ct::create_exclusive(&building))?;
+        undo.push(Cmd::new("rm").arg("-f").arg(&building));
+        run.run(&ct::truncate(&building, size))?;
+        let lp = run.capture(&ct::losetup_attach(&building, false), "loop")?;
         undo.push(ct::losetup_detach(&lp));
         run.run(&ct::luks_format(&lp, &key, ct::test_pbkdf()))?;
         run.run(&ct::luks_open(
@@ -384,6 +472,17 @@ fn open_stack(ctx: &Ctx, job: &Job, create: bool, read_only: bool) -> Result<Sta
         ))?;
         undo.push(ct::luks_close(&p.dm_name));
         run.run(&fsys::mkfs(dev, &p.dm_name))?;
+        if !blind && container_exists(&file)? {
+            return Err(fail(
+                Code::Refused,
+                format!(
+                    "{} appeared on the server while this run created the container: another host creates it too; nothing replaced",
+                    file.display()
+                ),
+            ));
+        }
+        // Renamed while attached: the loop device keeps the open file under its new name.
+        run.run(&Cmd::new("mv").arg("-T").arg(&building).arg(&file))?;
         stack.loop_dev = Some(lp);
         stack.size = Some(size);
         created = true;
@@ -427,6 +526,37 @@ fn open_stack(ctx: &Ctx, job: &Job, create: bool, read_only: bool) -> Result<Sta
     Ok(stack)
 }
 
+/// Whether the container file is there, judged without following a symlink: a symlink on the server
+/// would resolve on the client (sshfs shows it as is), so truncate + luksFormat could hit a client
+/// file. Any error but "not found" is an error, never "absent, so create".
+fn container_exists(file: &Path) -> Result<bool> {
+    match std::fs::symlink_metadata(file) {
+        Ok(m) if m.file_type().is_file() => Ok(true),
+        Ok(m) if m.file_type().is_symlink() => Err(fail(
+            Code::Refused,
+            format!(
+                "container {} is a symbolic link on the server: refused (it would resolve on this client); on the server, put the container file itself there",
+                file.display()
+            ),
+        )),
+        Ok(_) => Err(fail(
+            Code::Refused,
+            format!(
+                "container {} is not a regular file on the server: refused",
+                file.display()
+            ),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(fail(
+            Code::Runtime,
+            format!(
+                "cannot tell whether container {} exists ({e}): nothing created",
+                file.display()
+            ),
+        )),
+    }
+}
+
 /// Refuse a container the server account cannot read or write (handed back owned by another user,
 /// say) with a line that says so: otherwise isLuks reports "not a LUKS container", or losetup quietly
 /// attaches it read-only and fsck fails later with "Operation not permitted". Opening the file through
@@ -448,6 +578,7 @@ fn check_access(file: &Path, user: &str, write: bool) -> Result<()> {
 
 /// Undo what [`ensure_open`] did (nothing if the stack was already up).
 pub fn close_opened(ctx: &Ctx, s: &Stack) -> Result<()> {
+    let _cleanup = ctx.run.unwinding();
     let p = &ctx.paths;
     if s.opened {
         ctx.run.run(&fsys::umount(&p.fs))?;
@@ -473,11 +604,20 @@ fn with_stack<T>(
     if remote::is_mounted(&ctx.paths) {
         ctx.remote_seen.set(true); // (an already open stack: open_stack did not mount it)
     }
-    let r = f(&mut stack).map_err(|e| explain_lost_link(ctx, &job.remote.host, e, false));
+    let r = ctx
+        .check_history(job)
+        .and_then(|_| f(&mut stack))
+        .map_err(|e| explain_lost_link(ctx, &job.remote.host, e, false));
     let c = close_opened(ctx, &stack);
-    let v = r?;
-    c?;
-    Ok(v)
+    match (r, c) {
+        (Ok(v), Ok(())) => Ok(v),
+        (Ok(_), Err(e)) => Err(e),
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(c)) => {
+            eprintln!("warning: closing the stack after the failure failed too: {c:#}");
+            Err(e)
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -516,8 +656,9 @@ pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
     let ctx = Ctx::new(&cli.common)?;
     let job = ctx.job()?;
     let _lock = lock(&ctx)?;
+    ctx.accept_rollback.set(cli.accept_rollback);
     if let Some(r) = &cli.restore {
-        return restore(&ctx, &job, &r[0], &r[1]);
+        return restore(&ctx, &job, &r[0], &r[1], cli.unchecked);
     }
     if let Some(snap) = &cli.verify {
         return verify(&ctx, &job, snap);
@@ -547,31 +688,32 @@ pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
     job.container.create |= cli.create;
     recover_stale(&ctx)?;
     with_stack(&ctx, &job, false, |stack| {
-        // Before anything writes: is this the container this host last wrote into?
-        let state = rollback::state_file(&job.name);
-        let mut prune = !cli.no_prune;
-        if ctx.fs_mounted() {
-            let (stamps, _) = snapshots::scan(&ctx.paths.fs);
-            let names: Vec<&str> = stamps.iter().map(|s| s.0.as_str()).collect();
-            prune &= rollback::gate(&state, &names, cli.accept_rollback)?;
-        }
         if !cli.no_grow {
             auto_grow(&ctx, &job, stack)?;
         }
-        let dest = backup(&ctx, &job, prune)?;
+        let published = backup(&ctx, &job)?;
+        let dest = published.dest.clone();
         if !ctx.run.is_dry() {
-            if let Some(stamp) = dest.file_name().and_then(|n| n.to_str()) {
-                rollback::remember(&state, stamp).map_err(|e| {
-                    fail(
-                        Code::Runtime,
-                        format!(
-                            "snapshot {} made, but recording it in {} failed: {e:#}",
-                            dest.display(),
-                            state.display()
-                        ),
-                    )
-                })?;
-            }
+            // 5. of the publish order: the client records the snapshot before anything is pruned.
+            let state = rollback::State {
+                stamp: published.stamp.clone(),
+                manifest_sha256: ctx.manifest_digest(&published.stamp)?,
+                luks_uuid: ctx.luks_uuid(&job)?,
+            };
+            let file = rollback::state_file(&job.name);
+            rollback::remember(&file, &state).map_err(|e| {
+                fail(
+                    Code::Runtime,
+                    format!(
+                        "snapshot {} made, but recording it in {} failed (nothing pruned): {e:#}",
+                        dest.display(),
+                        file.display()
+                    ),
+                )
+            })?;
+        }
+        if !cli.no_prune && ctx.consistent.get() {
+            prune(&ctx, &job, &published)?;
         }
         notify_status(&format!("snapshot {} done", dest.display()));
         Ok(Some(dest))
@@ -603,12 +745,36 @@ fn recover_stale(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-fn backup(ctx: &Ctx, job: &Job, prune: bool) -> Result<PathBuf> {
+/// What [`backup`] published: the new snapshot and the snapshots that were there before it.
+struct Published {
+    dest: PathBuf,
+    stamp: String,
+    now: i64,
+    before: Vec<(String, i64)>,
+}
+
+/// The publish order. Nothing that points at a snapshot may become durable before the snapshot's
+/// data and manifest (rsync does not fsync; ext4 commits metadata every 5 s, data later), so:
+///
+/// 1. rsync into `<stamp>.inflight`, write `manifests/<stamp>.sha256`;
+/// 2. flush (syncfs): the data and the manifest are on the server;
+/// 3. rename `<stamp>.inflight` → `<stamp>`, then `latest.tmp` → `latest`;
+/// 4. flush: the snapshot and `latest` are durable;
+/// 5. (caller) record {stamp, manifest hash, LUKS UUID} on the client;
+/// 6. (caller, [`prune`]) only then delete old snapshots, and flush again.
+///
+/// A cut before 4 leaves the previous `latest` and every older snapshot as they were; a cut after it
+/// leaves a complete new snapshot. Before rsync and before each rename the run checks that `fs/` is
+/// still the container's filesystem (an `e2e-close --force` or a lost mount must not turn the rest of
+/// the run into plaintext writes to the client's /run).
+fn backup(ctx: &Ctx, job: &Job) -> Result<Published> {
     let run = &ctx.run;
     let fs = ctx.paths.fs.as_path();
     let snaps = fs.join("snapshots");
     let (stamps, leftovers) = snapshots::scan(fs);
-    // A crashed run's .inflight is incomplete: never a link-dest, always removed.
+    ctx.assert_container_mounted()?;
+    // A crashed run's .inflight is incomplete: never a link-dest, always removed; a crashed prune's
+    // .prune was already on its way out.
     for l in &leftovers {
         run.run(&Cmd::new("rm").arg("-rf").arg(snaps.join(l)))?;
         if let Some(s) = l.strip_suffix(INFLIGHT) {
@@ -616,6 +782,12 @@ fn backup(ctx: &Ctx, job: &Job, prune: bool) -> Result<PathBuf> {
             for ext in ["sha256.tmp", "todo.tmp", "part.tmp"] {
                 run.run(&Cmd::new("rm").arg("-f").arg(m.with_extension(ext)))?;
             }
+        } else if let Some(s) = l.strip_suffix(PRUNING) {
+            run.run(
+                &Cmd::new("rm")
+                    .arg("-f")
+                    .arg(snapshots::manifest_path(fs, s)),
+            )?;
         }
     }
     run.run(
@@ -640,17 +812,22 @@ fn backup(ctx: &Ctx, job: &Job, prune: bool) -> Result<PathBuf> {
     if out.code == 24 {
         eprintln!("note: some files vanished during the transfer (rsync exit 24); snapshot kept");
     }
-    // The checksum manifest (inside the container) is complete before the snapshot is: a snapshot
+    // 1. The checksum manifest (inside the container) is complete before the snapshot is: a snapshot
     // never exists without one. A read error here fails the run; the .inflight goes next run.
     write_manifest(ctx, &stamp, link.as_deref())?;
+    // 2.
+    run.note("publish order: flush data and manifest before anything points at them");
+    run.run(&fsys::sync_fs(fs))?;
+    // 3.
     let dest = snaps.join(&stamp);
+    ctx.assert_container_mounted()?;
     run.run(
         &Cmd::new("mv")
             .arg("-T")
             .arg(snaps.join(format!("{stamp}{INFLIGHT}")))
             .arg(&dest),
     )?;
-    // Point `latest` at the new snapshot atomically: symlink beside it, then rename over.
+    // `latest` moves atomically: a symlink beside it, then renamed over.
     let tmp = fs.join("latest.tmp");
     run.run(
         &Cmd::new("ln")
@@ -658,24 +835,59 @@ fn backup(ctx: &Ctx, job: &Job, prune: bool) -> Result<PathBuf> {
             .arg(format!("snapshots/{stamp}"))
             .arg(&tmp),
     )?;
+    ctx.assert_container_mounted()?;
     run.run(&Cmd::new("mv").arg("-T").arg(&tmp).arg(fs.join("latest")))?;
-    if prune {
-        let mut all = stamps.clone();
-        all.push((stamp.clone(), now));
-        let keep = snapshots::select_keep(&all, &job.retention);
-        for (s, _) in all.iter().filter(|s| !keep.contains(&s.0) && s.0 != stamp) {
-            let doomed = snaps.join(format!("{s}{PRUNING}"));
-            run.run(&Cmd::new("mv").arg("-T").arg(snaps.join(s)).arg(&doomed))?;
-            run.run(&Cmd::new("rm").arg("-rf").arg(&doomed))?;
-            run.run(
-                &Cmd::new("rm")
-                    .arg("-f")
-                    .arg(snapshots::manifest_path(fs, s)),
-            )?;
+    // 4.
+    run.run(&fsys::sync_fs(fs))?;
+    Ok(Published {
+        dest,
+        stamp,
+        now,
+        before: stamps,
+    })
+}
+
+/// Step 6 of the publish order: delete the snapshots retention no longer keeps, once the new one is
+/// durable and recorded. Each goes by rename to `.prune` first (a cut mid-`rm` leaves a name the next
+/// run recognises and finishes), then one flush for all.
+fn prune(ctx: &Ctx, job: &Job, p: &Published) -> Result<()> {
+    let run = &ctx.run;
+    let fs = ctx.paths.fs.as_path();
+    let snaps = fs.join("snapshots");
+    if let Some(newest) = p.before.iter().map(|s| s.1).max() {
+        // A clock behind the newest snapshot makes "days ago" meaningless: keep everything.
+        if timefmt::now() < newest {
+            eprintln!(
+                "warning: this host's clock ({}) is earlier than the newest snapshot ({}): not pruning until it is right",
+                timefmt::format_stamp(timefmt::now()),
+                timefmt::format_stamp(newest)
+            );
+            return Ok(());
         }
     }
-    run.run(&fsys::sync_fs(fs))?;
-    Ok(dest)
+    let mut all = p.before.clone();
+    all.push((p.stamp.clone(), p.now));
+    let keep = snapshots::select_keep(&all, &job.retention);
+    let doomed: Vec<&String> = all
+        .iter()
+        .map(|s| &s.0)
+        .filter(|s| !keep.contains(*s) && **s != p.stamp)
+        .collect();
+    for s in &doomed {
+        let d = snaps.join(format!("{s}{PRUNING}"));
+        ctx.assert_container_mounted()?;
+        run.run(&Cmd::new("mv").arg("-T").arg(snaps.join(s)).arg(&d))?;
+        run.run(&Cmd::new("rm").arg("-rf").arg(&d))?;
+        run.run(
+            &Cmd::new("rm")
+                .arg("-f")
+                .arg(snapshots::manifest_path(fs, s)),
+        )?;
+    }
+    if !doomed.is_empty() {
+        run.run(&fsys::sync_fs(fs))?;
+    }
+    Ok(())
 }
 
 /// sha256 of the files `names` (`./`-relative to `dir`) with `sha256sum`, through the NUL-separated
@@ -820,8 +1032,50 @@ fn finish_progress() {
     }
 }
 
-fn restore(ctx: &Ctx, job: &Job, spec: &str, target: &str) -> Result<Option<PathBuf>> {
+/// Snapshot STAMP's manifest, or why it cannot serve as a check (exit 7): a check that cannot check
+/// must not pass.
+fn load_manifest(fs: &Path, stamp: &str) -> Result<snapshots::Manifest> {
+    let mpath = snapshots::manifest_path(fs, stamp);
+    let data = std::fs::read(&mpath).map_err(|e| {
+        fail(
+            Code::Unchecked,
+            format!(
+                "snapshot {stamp} has no readable manifest ({}: {e}): it cannot be checked",
+                mpath.display()
+            ),
+        )
+    })?;
+    snapshots::parse_manifest(&data).map_err(|e| {
+        fail(
+            Code::Unchecked,
+            format!(
+                "snapshot {stamp}'s manifest {} is damaged ({e}): it cannot be checked",
+                mpath.display()
+            ),
+        )
+    })
+}
+
+/// Whether the tree at `p` (a file or a directory) holds at least one regular file.
+fn holds_regular_file(p: &Path) -> bool {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_file() => true,
+        Ok(m) if m.is_dir() => std::fs::read_dir(p)
+            .map(|rd| rd.flatten().any(|e| holds_regular_file(&e.path())))
+            .unwrap_or(false),
+        _ => false,
+    }
+}
+
+fn restore(
+    ctx: &Ctx,
+    job: &Job,
+    spec: &str,
+    target: &str,
+    unchecked: bool,
+) -> Result<Option<PathBuf>> {
     with_stack(ctx, job, true, |_| {
+        let fs = ctx.paths.fs.as_path();
         let src = if ctx.run.is_dry() && !ctx.fs_mounted() {
             // Not open in a dry-run: let the script follow the `latest` symlink itself.
             let (snap, rest) = spec.split_once('/').unwrap_or((spec, ""));
@@ -829,9 +1083,9 @@ fn restore(ctx: &Ctx, job: &Job, spec: &str, target: &str) -> Result<Option<Path
                 ctx.run
                     .note("restoring the contents of the snapshot (as SNAPSHOT/ would)");
             }
-            PathBuf::from(format!("{}/{snap}/{rest}", ctx.paths.fs.display()))
+            PathBuf::from(format!("{}/{snap}/{rest}", fs.display()))
         } else {
-            snapshots::resolve_restore_source(&ctx.paths.fs, spec)?
+            snapshots::resolve_restore_source(fs, spec)?
         };
         if !ctx.run.is_dry() && std::fs::symlink_metadata(&src).is_err() {
             return Err(fail(
@@ -839,63 +1093,80 @@ fn restore(ctx: &Ctx, job: &Job, spec: &str, target: &str) -> Result<Option<Path
                 format!("{spec}: no such path in the snapshot"),
             ));
         }
+        // The check's reference is found before anything is copied: a restore that could not be
+        // checked is refused up front (exit 7) unless --unchecked.
+        let want = if ctx.run.is_dry() {
+            None
+        } else {
+            let (snap, rest) = spec.split_once('/').unwrap_or((spec, ""));
+            let stamp = match snap {
+                "latest" => snapshots::latest(fs).unwrap_or_default(),
+                s => s.to_string(),
+            };
+            let m = load_manifest(fs, &stamp).and_then(|m| {
+                let want = snapshots::restore_subset(&m, rest);
+                if want.is_empty() && holds_regular_file(&src) {
+                    return Err(fail(
+                        Code::Unchecked,
+                        format!(
+                            "snapshot {stamp}'s manifest lists no file of {spec}, which holds files: it cannot be checked"
+                        ),
+                    ));
+                }
+                Ok((stamp, want))
+            });
+            match m {
+                Ok(m) => Some(m),
+                Err(e) if unchecked => {
+                    eprintln!("warning: {e:#}; restoring without a check (--unchecked)");
+                    None
+                }
+                Err(e) => return Err(fail(
+                    Code::Unchecked,
+                    format!(
+                        "{e:#}; nothing restored (pass --unchecked to restore it without a check)"
+                    ),
+                )),
+            }
+        };
         ctx.run
             .run_streaming(&snapshots::rsync_restore(&src, target), progress_reporter())?;
         finish_progress();
-        check_restored(ctx, spec, target)?;
+        if ctx.run.is_dry() {
+            ctx.run.note("a real run then hashes the restored files and compares them with the snapshot's manifest");
+        }
+        if let Some((stamp, want)) = want {
+            check_restored(ctx, &stamp, want, target)?;
+        }
         Ok(Some(PathBuf::from(target)))
     })
 }
 
 /// After a restore, hash the restored files (on the client, where they now are) and compare them
-/// with the snapshot's manifest. dm-crypt has no integrity: a block the server garbled decrypts to
-/// garbage that rsync would copy without complaint; this is where it is caught.
-fn check_restored(ctx: &Ctx, spec: &str, target: &str) -> Result<()> {
+/// with the snapshot's manifest (`want`: the restored part). dm-crypt has no integrity: a block the
+/// server garbled decrypts to garbage that rsync would copy without complaint; this is where it is
+/// caught.
+fn check_restored(
+    ctx: &Ctx,
+    stamp: &str,
+    mut want: snapshots::Manifest,
+    target: &str,
+) -> Result<()> {
     let run = &ctx.run;
-    let fs = ctx.paths.fs.as_path();
-    if run.is_dry() {
-        run.note("a real run then hashes the restored files and compares them with the snapshot's manifest");
-        return Ok(());
-    }
-    let (snap, rest) = spec.split_once('/').unwrap_or((spec, ""));
-    let stamp = match snap {
-        "latest" => snapshots::latest(fs),
-        s => Some(s.to_string()),
-    };
-    let Some(stamp) = stamp else { return Ok(()) };
-    let mpath = snapshots::manifest_path(fs, &stamp);
     let mut dir = PathBuf::from(target);
-    let want = match std::fs::read(&mpath).map(|d| snapshots::parse_manifest(&d)) {
-        Ok(Ok(m)) => {
-            let mut want = snapshots::restore_subset(&m, rest);
-            // One file restored to a name that is not a directory: rsync wrote it as TARGET itself.
-            if want.len() == 1 && !dir.is_dir() {
-                use std::os::unix::ffi::OsStrExt;
-                let sum = want.into_values().next().unwrap_or_default();
-                let name = dir
-                    .file_name()
-                    .map(|n| n.as_bytes().to_vec())
-                    .unwrap_or_default();
-                dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
-                want = snapshots::Manifest::from([([b"./".as_slice(), &name].concat(), sum)]);
-            }
-            want
-        }
-        Ok(Err(e)) => {
-            return Err(fail(
-                Code::Runtime,
-                format!(
-                    "{stamp}: manifest {} is damaged ({e}): the restore in {target} is unchecked",
-                    mpath.display()
-                ),
-            ))
-        }
-        Err(_) => {
-            eprintln!("warning: snapshot {stamp} has no manifest (made before manifests existed): restored without a check");
-            return Ok(());
-        }
-    };
+    // One file restored to a name that is not a directory: rsync wrote it as TARGET itself.
+    if want.len() == 1 && !dir.is_dir() {
+        use std::os::unix::ffi::OsStrExt;
+        let sum = want.into_values().next().unwrap_or_default();
+        let name = dir
+            .file_name()
+            .map(|n| n.as_bytes().to_vec())
+            .unwrap_or_default();
+        dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+        want = snapshots::Manifest::from([([b"./".as_slice(), &name].concat(), sum)]);
+    }
     if want.is_empty() {
+        eprintln!("snapshot {stamp}: the restored part holds no regular file; nothing to check");
         return Ok(());
     }
     let (list, out) = (
@@ -959,22 +1230,17 @@ fn verify(ctx: &Ctx, job: &Job, spec: &str) -> Result<Option<PathBuf>> {
         if !ctx.run.is_dry() && !dir.is_dir() {
             return Err(fail(Code::Config, format!("{stamp}: no such snapshot")));
         }
-        let mpath = snapshots::manifest_path(fs, &stamp);
         let want = if ctx.run.is_dry() {
             None
         } else {
-            let data = std::fs::read(&mpath).map_err(|e| {
-                fail(
-                    Code::Runtime,
-                    format!("{stamp}: cannot read its manifest {}: {e}", mpath.display()),
-                )
-            })?;
-            Some(snapshots::parse_manifest(&data).map_err(|e| {
-                fail(
-                    Code::Runtime,
-                    format!("{stamp}: manifest {} is damaged: {e}", mpath.display()),
-                )
-            })?)
+            let m = load_manifest(fs, &stamp)?;
+            if m.is_empty() && holds_regular_file(&dir) {
+                return Err(fail(
+                    Code::Unchecked,
+                    format!("snapshot {stamp}'s manifest is empty, but the snapshot holds files: it cannot be checked"),
+                ));
+            }
+            Some(m)
         };
         let now = ctx.paths.dir.join("verify.sha256");
         // 123: sha256sum could not read some file: reported below, not a crash of the check.
@@ -1344,6 +1610,20 @@ fn server_allocation(run: &Runner, alloc: &Cmd) -> Result<Option<u64>> {
 /// Tear down from any state, using only what the kernel shows (no job file needed).
 pub fn close(cli: CloseCli) -> Result<Option<PathBuf>> {
     let ctx = Ctx::new(&cli.common)?;
+    // A run in progress would go on writing into whatever is at fs/ once the container is gone.
+    let _lock = match lock(&ctx) {
+        Err(e) if cli.force && code_of(&e) == Code::Locked => {
+            eprintln!("warning: {e:#}; closing anyway (--force): that run will fail");
+            None
+        }
+        Err(e) if code_of(&e) == Code::Locked => {
+            return Err(fail(
+                Code::Locked,
+                format!("{e:#}: a run is using the stack; wait for it, stop it, or pass --force"),
+            ))
+        }
+        l => l?,
+    };
     teardown(&ctx, cli.keep_remote)?;
     Ok(None)
 }
@@ -1352,6 +1632,7 @@ pub fn close(cli: CloseCli) -> Result<Option<PathBuf>> {
 fn teardown(ctx: &Ctx, keep_remote: bool) -> Result<()> {
     let p = &ctx.paths;
     let run = &ctx.run;
+    let _cleanup = run.unwinding();
     // ext4 over a loop over a hung sshfs (or a dead link) blocks umount; killing sshfs first turns
     // that into I/O errors, and the rest of the teardown goes through.
     if remote::is_mounted(p) && !remote::responsive(p, Duration::from_secs(20)) {
@@ -1414,7 +1695,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("e2e-ops-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let key = dir.join("k");
-        std::fs::write(&key, "x").unwrap();
+        std::fs::write(&key, [1u8; 32]).unwrap();
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
         let common = Common {
             job: "e2e-unit-test-job".into(),
@@ -1437,24 +1718,30 @@ mod tests {
         let ctx = Ctx::with_runner(&common, Runner::buffered()).unwrap();
         let mut job = ctx.job().unwrap();
         job.container.create = true;
-        with_stack(&ctx, &job, false, |_| backup(&ctx, &job, true)).unwrap();
+        with_stack(&ctx, &job, false, |_| backup(&ctx, &job)).unwrap();
         let script = ctx.run.script();
         let text = script.join("\n");
         let run = "/run/e2e-backup/e2e-unit-test-job";
         let file = format!("{run}/remote/e2e-unit-test-job.luks");
+        let building = format!("{run}/remote/.e2e-unit-test-job.luks.creating");
         let k = key.display();
         let expect_in_order = [
             "set -e".to_string(),
             format!("install -d -m 0700 {run} {run}/remote {run}/fs"),
-            format!("sshfs u@srv:/srv/b {run}/remote -o allow_other"),
+            format!("sshfs u@srv:/srv/b {run}/remote -F /dev/null -o allow_other"),
             format!("test '!' -e {file}"),
-            format!("truncate -s 1073741824 {file}"),
-            format!("loop=$(losetup -f --show --direct-io=on {file})"),
+            format!("test '!' -L {file}"),
+            format!("sh -c 'set -C && : >\"$1\"' e2e-create {building}"),
+            format!("truncate -s 1073741824 {building}"),
+            format!("loop=$(losetup -f --show --direct-io=on {building})"),
             format!("cryptsetup luksFormat --type luks2 --batch-mode --key-file {k} --sector-size 4096 \"$loop\""),
             format!("cryptsetup open --key-file {k} \"$loop\" e2e-e2e-unit-test-job"),
             "mkfs.ext4 -q -m0".to_string(),
-            format!("mount -t ext4 -o rw,noinit_itable,errors=remount-ro,data_err=abort /dev/mapper/e2e-e2e-unit-test-job {run}/fs"),
+            format!("mv -T {building} {file}"),
+            format!("mount -t ext4 -o rw,nosuid,nodev,noinit_itable,errors=remount-ro,data_err=abort /dev/mapper/e2e-e2e-unit-test-job {run}/fs"),
             "rsync -aHAX --numeric-ids --delete --delete-excluded".to_string(),
+            // The publish order: flush, rename, latest, flush.
+            format!("sync -f {run}/fs"),
             format!("mv -T {run}/fs/snapshots/"),
             format!("mv -T {run}/fs/latest.tmp {run}/fs/latest"),
             format!("sync -f {run}/fs"),
@@ -1463,6 +1750,7 @@ mod tests {
             "losetup -d \"$loop\"".to_string(),
             format!("-u {run}/remote"),
         ];
+        assert!(text.contains("--exclude=/run/e2e-backup/ "), "{text}");
         let mut at = 0;
         for e in &expect_in_order {
             let i = script[at..]

@@ -20,6 +20,10 @@ pub fn ssh_options(r: &Remote) -> Vec<(String, String)> {
         ("GlobalKnownHostsFile", "/dev/null".to_string()),
         ("IdentityFile", r.identity_file.display().to_string()),
         ("IdentitiesOnly", "yes".to_string()),
+        // With `-F /dev/null` (no ssh_config at all) these are the defaults; spelt out because
+        // an agent or X11 forwarded to an untrusted server is the server's to use.
+        ("ForwardAgent", "no".to_string()),
+        ("ForwardX11", "no".to_string()),
         ("ServerAliveInterval", "10".to_string()),
         ("ServerAliveCountMax", "3".to_string()),
         ("Port", r.port.to_string()),
@@ -45,7 +49,9 @@ fn sftp_target(r: &Remote) -> String {
 
 /// `ssh OPTIONS user@host` ready for a remote command or `-N`.
 pub fn ssh(r: &Remote) -> Cmd {
-    let mut c = Cmd::new("ssh");
+    // -F /dev/null: no user or system ssh_config (ProxyCommand, ControlMaster, LocalCommand,
+    // forwardings…) reaches a connection to the untrusted server.
+    let mut c = Cmd::new("ssh").args(["-F", "/dev/null"]);
     for (k, v) in ssh_options(r) {
         c = c.arg("-o").arg(format!("{k}={v}"));
     }
@@ -113,6 +119,7 @@ pub fn sshfs(r: &Remote, mountpoint: &Path, foreground: bool) -> Cmd {
     c = c
         .arg(sftp_target(r))
         .arg(mountpoint)
+        .args(["-F", "/dev/null"])
         .arg("-o")
         .arg("allow_other");
     for (k, v) in ssh_options(r) {
@@ -312,6 +319,8 @@ mod tests {
                 "sshfs",
                 "alice@backup.example.org:/srv/backup/alice",
                 "/run/e2e-backup/home/remote",
+                "-F",
+                "/dev/null",
                 "-o",
                 "allow_other",
                 "-o",
@@ -328,6 +337,10 @@ mod tests {
                 "IdentityFile=/etc/e2e-backup/id_ed25519",
                 "-o",
                 "IdentitiesOnly=yes",
+                "-o",
+                "ForwardAgent=no",
+                "-o",
+                "ForwardX11=no",
                 "-o",
                 "ServerAliveInterval=10",
                 "-o",

@@ -57,7 +57,10 @@ pub fn rsync_backup(sync: &Sync, fs: &Path, stamp: &str, link_dest: Option<&str>
         .arg(format!(
             "--log-file={}",
             fs.join("logs").join(format!("{stamp}.log")).display()
-        ));
+        ))
+        // The run's own mounts (the container inside itself, the sshfs view of the server) are
+        // never part of a backup, whatever sync.paths says (paths = ["/"]).
+        .arg(format!("--exclude={}/", crate::paths::RUN_BASE));
     for e in &sync.exclude {
         c = c.arg(format!("--exclude={e}"));
     }
@@ -502,6 +505,7 @@ mod tests {
                 "--info=progress2",
                 "--stats",
                 "--log-file=/run/e2e-backup/home/fs/logs/2024-01-02T03:04:05Z.log",
+                "--exclude=/run/e2e-backup/",
                 "--exclude=*.cache",
                 "--exclude-from=/etc/e2e-backup/x.exclude",
                 "--link-dest=../2024-01-01T03:04:05Z",

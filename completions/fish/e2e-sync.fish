@@ -15,10 +15,11 @@ complete -c e2e-sync -l restore -d 'Restore SNAPSHOT[/PATH] (SNAPSHOT may be `la
 complete -c e2e-sync -l verify -d 'Re-read SNAPSHOT (--verify=STAMP; default `latest`; read-only open) against the checksum manifest written when it was made; report changed, missing and extra files, exit 1 on any difference' -r
 complete -c e2e-sync -l dry-run -d 'Print the commands that would run, shell-quoted, one per line, as a script; run none'
 complete -c e2e-sync -s v -l verbose -d 'Also show the output of the commands run'
+complete -c e2e-sync -l unchecked -d 'With --restore: restore even when the snapshot\'s manifest is missing, damaged or lists none of the files (otherwise refused with exit 7 before anything is copied); the restore is unchecked'
 complete -c e2e-sync -l list -d 'List the snapshots, oldest first'
 complete -c e2e-sync -l create -d 'Create the container first if it does not exist (as e2e-open --create)'
 complete -c e2e-sync -l no-grow -d 'Do not grow the container before syncing'
 complete -c e2e-sync -l no-prune -d 'Do not prune old snapshots after syncing'
-complete -c e2e-sync -l accept-rollback -d 'Sync even though the container lacks the newest snapshot this host wrote (the server handed back an older copy); nothing is pruned in that run'
+complete -c e2e-sync -l accept-rollback -d 'Use the container even though it fails the check against what this host last wrote (it lacks the newest snapshot this host wrote, that snapshot\'s manifest changed, or its LUKS UUID differs: the server handed back an older or another copy); a sync then prunes nothing'
 complete -c e2e-sync -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c e2e-sync -s V -l version -d 'Print version'
