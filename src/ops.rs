@@ -590,6 +590,7 @@ pub fn close_opened(ctx: &Ctx, s: &Stack) -> Result<()> {
     if s.mounted_remote {
         remote::unmount(&ctx.run, p, true)?;
     }
+    let _ = std::fs::remove_file(&p.owner);
     Ok(())
 }
 
@@ -600,7 +601,20 @@ fn with_stack<T>(
     read_only: bool,
     f: impl FnOnce(&mut Stack) -> Result<T>,
 ) -> Result<T> {
+    recover_stale(ctx)?;
+    // Claim the layers this run is about to open before it opens them: a run killed half-way
+    // through bring-up (or through creation) leaves a record the next run acts on.
+    let p = &ctx.paths;
+    let claim = !ctx.run.is_dry() && !ctx.fs_mounted() && dm_slaves(&p.dm_name).is_none();
+    if claim {
+        let remote = u8::from(!remote::is_mounted(p));
+        let _ = std::fs::create_dir_all(&p.dir);
+        let _ = std::fs::write(&p.owner, format!("{} {remote}\n", std::process::id()));
+    }
     let mut stack = ensure_open(ctx, job, job.container.create, read_only)?;
+    if claim && !stack.opened && !stack.mounted_remote {
+        let _ = std::fs::remove_file(&p.owner);
+    }
     if remote::is_mounted(&ctx.paths) {
         ctx.remote_seen.set(true); // (an already open stack: open_stack did not mount it)
     }
@@ -686,7 +700,6 @@ pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
     }
     let mut job = job;
     job.container.create |= cli.create;
-    recover_stale(&ctx)?;
     with_stack(&ctx, &job, false, |stack| {
         if !cli.no_grow {
             auto_grow(&ctx, &job, stack)?;
@@ -728,6 +741,29 @@ fn recover_stale(ctx: &Ctx) -> Result<()> {
     if ctx.run.is_dry() {
         return Ok(());
     }
+    // A run killed outright (SIGKILL, OOM, power to the process but not the host) could not
+    // unwind: the layers it opened are still up, and would look like a stack opened by hand.
+    if let Some((pid, remote)) = stale_owner(p) {
+        eprintln!(
+            "note: job {} has a stack left by a run that was killed (pid {pid}); tearing it down first",
+            p.job
+        );
+        // Its rsync may take a moment to die (SIGTERM when its parent did): retry a busy umount.
+        let mut tries = 0;
+        loop {
+            match teardown(ctx, !remote) {
+                Ok(()) => break,
+                Err(e) if tries < 5 => {
+                    tries += 1;
+                    eprintln!("note: teardown not finished ({e:#}); retrying");
+                    std::thread::sleep(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let _ = std::fs::remove_file(&p.owner);
+        return Ok(());
+    }
     let remote_up = remote::is_mounted(p);
     let above = ctx.fs_mounted() || dm_slaves(&p.dm_name).is_some();
     let stale = if remote_up {
@@ -743,6 +779,17 @@ fn recover_stale(ctx: &Ctx) -> Result<()> {
         teardown(ctx, false)?;
     }
     Ok(())
+}
+
+/// The owner record of a stack whose run is gone: (pid, whether it had mounted the remote).
+fn stale_owner(p: &JobPaths) -> Option<(i32, bool)> {
+    let text = std::fs::read_to_string(&p.owner).ok()?;
+    let mut w = text.split_whitespace();
+    let pid: i32 = w.next()?.parse().ok()?;
+    let remote = w.next() == Some("1");
+    let alive =
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("e2e-"));
+    (!alive).then_some((pid, remote))
 }
 
 /// What [`backup`] published: the new snapshot and the snapshots that were there before it.
@@ -1121,12 +1168,14 @@ fn restore(
                     eprintln!("warning: {e:#}; restoring without a check (--unchecked)");
                     None
                 }
-                Err(e) => return Err(fail(
-                    Code::Unchecked,
-                    format!(
+                Err(e) => {
+                    return Err(fail(
+                        Code::Unchecked,
+                        format!(
                         "{e:#}; nothing restored (pass --unchecked to restore it without a check)"
                     ),
-                )),
+                    ))
+                }
             }
         };
         ctx.run
@@ -1679,6 +1728,8 @@ fn teardown(ctx: &Ctx, keep_remote: bool) -> Result<()> {
     if !keep_remote {
         remote::unmount(run, p, false)?;
     }
+    // Whatever a killed run had opened is closed now.
+    let _ = std::fs::remove_file(&p.owner);
     Ok(())
 }
 

@@ -38,6 +38,9 @@ pub struct JobPaths {
     pub remote: PathBuf,
     pub fs: PathBuf,
     pub lock: PathBuf,
+    /// Written by a run that opened layers itself ("PID REMOTE"): if that PID is gone, the stack
+    /// is a killed run's, and the next run tears it down.
+    pub owner: PathBuf,
     /// ssh control socket of the NBD tunnel (e2e-trim).
     pub ssh_ctl: PathBuf,
     pub dm_name: String,
@@ -54,6 +57,7 @@ impl JobPaths {
             remote: dir.join("remote"),
             fs: dir.join("fs"),
             lock: dir.join("lock"),
+            owner: dir.join("opened-by"),
             ssh_ctl: dir.join("ssh.ctl"),
             dm_dev: Path::new("/dev/mapper").join(&dm_name),
             dm_name,

@@ -20,10 +20,6 @@ pub fn ssh_options(r: &Remote) -> Vec<(String, String)> {
         ("GlobalKnownHostsFile", "/dev/null".to_string()),
         ("IdentityFile", r.identity_file.display().to_string()),
         ("IdentitiesOnly", "yes".to_string()),
-        // With `-F /dev/null` (no ssh_config at all) these are the defaults; spelt out because
-        // an agent or X11 forwarded to an untrusted server is the server's to use.
-        ("ForwardAgent", "no".to_string()),
-        ("ForwardX11", "no".to_string()),
         ("ServerAliveInterval", "10".to_string()),
         ("ServerAliveCountMax", "3".to_string()),
         ("Port", r.port.to_string()),
@@ -51,7 +47,9 @@ fn sftp_target(r: &Remote) -> String {
 pub fn ssh(r: &Remote) -> Cmd {
     // -F /dev/null: no user or system ssh_config (ProxyCommand, ControlMaster, LocalCommand,
     // forwardings…) reaches a connection to the untrusted server.
-    let mut c = Cmd::new("ssh").args(["-F", "/dev/null"]);
+    // -a -x: no agent or X11 forwarded to an untrusted server (the defaults without a config;
+    // spelt out, as sshfs does for its own ssh).
+    let mut c = Cmd::new("ssh").args(["-F", "/dev/null", "-a", "-x"]);
     for (k, v) in ssh_options(r) {
         c = c.arg("-o").arg(format!("{k}={v}"));
     }
@@ -109,7 +107,8 @@ fn fuse_opt(v: &str) -> String {
     v.replace('\\', "\\\\").replace(',', "\\,")
 }
 
-/// The sshfs invocation. No `reconnect`: files opened before a reconnect keep failing, and the loop
+/// The sshfs invocation (sshfs itself runs ssh with `-x -a -oClearAllForwardings=yes`; `-F
+/// /dev/null` keeps ssh_config out; only ssh options sshfs knows pass its `-o`). No `reconnect`: files opened before a reconnect keep failing, and the loop
 /// device holds exactly such a file, so a dropped link must end the run.
 pub fn sshfs(r: &Remote, mountpoint: &Path, foreground: bool) -> Cmd {
     let mut c = Cmd::new("sshfs");
@@ -337,10 +336,6 @@ mod tests {
                 "IdentityFile=/etc/e2e-backup/id_ed25519",
                 "-o",
                 "IdentitiesOnly=yes",
-                "-o",
-                "ForwardAgent=no",
-                "-o",
-                "ForwardX11=no",
                 "-o",
                 "ServerAliveInterval=10",
                 "-o",

@@ -479,6 +479,8 @@ in
         "d ${c.directory}/data 0700 ${c.user} ${c.user} -"
       ]) clients);
 
+      # ClientAlive*: a client whose link died is dropped within ~60 s, and with it the
+      # sftp-server that could still apply its queued writes after a later run has started.
       services.openssh.extraConfig = lib.concatStrings (mapAttrsToList (_: c: ''
         Match User ${c.user}
           ChrootDirectory ${c.directory}
@@ -487,6 +489,8 @@ in
           X11Forwarding no
           AllowAgentForwarding no
           PermitTunnel no
+          ClientAliveInterval 15
+          ClientAliveCountMax 4
           ${if srv.nbd.enable && c.nbdPort != null
             then "AllowTcpForwarding local\n  PermitOpen 127.0.0.1:${toString c.nbdPort}"
             else "AllowTcpForwarding no"}
