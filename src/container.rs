@@ -133,6 +133,30 @@ pub fn luks_open(dev: impl Into<Arg>, key: &Path, dm_name: &str, o: &OpenOpts) -
         .on_fail(move |rc, _| (rc == 2).then(|| wrong_key(&shown)))
 }
 
+/// A non-persistent device-mapper snapshot NAME of ORIGIN (SECTORS long) whose writes go to COW:
+/// ext4 can replay its journal into it while ORIGIN (and the server's file under it) stays as is.
+pub fn overlay_create(name: &str, origin: &Path, sectors: u64, cow: &Arg) -> Cmd {
+    let table = format!(
+        "0 {sectors} snapshot {} {} N 8",
+        origin.display(),
+        cow.value()
+    );
+    Cmd::new("dmsetup")
+        .arg("create")
+        .arg(name)
+        .arg("--table")
+        .arg(table)
+}
+
+pub fn overlay_remove(name: &str) -> Cmd {
+    Cmd::new("dmsetup").arg("remove").arg(name)
+}
+
+/// `losetup -f --show FILE` for a local file (the overlay's copy-on-write file).
+pub fn losetup_local(file: &Path) -> Cmd {
+    Cmd::new("losetup").args(["-f", "--show"]).arg(file)
+}
+
 pub fn luks_close(dm_name: &str) -> Cmd {
     Cmd::new("cryptsetup").arg("close").arg(dm_name)
 }

@@ -158,6 +158,20 @@ pub fn mount(dev: &Path, mountpoint: &Path, read_only: bool) -> Cmd {
         .on_fail(|_, out| mmp_refusal(&out.replace("busy", "in use")))
 }
 
+/// `dumpe2fs -h DEV`: the superblock (read only; MMP-safe).
+pub fn superblock(dev: &Path) -> Cmd {
+    Cmd::new("dumpe2fs").arg("-h").arg(dev)
+}
+
+/// Whether `dumpe2fs -h` shows a journal that needs recovery (an unclean stop): then a read-only
+/// mount on a read-only device fails ("write access unavailable, cannot proceed").
+pub fn needs_recovery(superblock: &str) -> bool {
+    superblock
+        .lines()
+        .filter(|l| l.starts_with("Filesystem features:"))
+        .any(|l| l.split_whitespace().any(|w| w == "needs_recovery"))
+}
+
 pub fn umount(mountpoint: &Path) -> Cmd {
     Cmd::new("umount").arg(mountpoint)
 }
@@ -227,6 +241,14 @@ mod tests {
         let dump = "block_number: 4385\nupdate_interval: 5\ncheck_interval: 5\nsequence: ff4d4d50\ntime: 1795765184 -- Fri Nov 27 07:39:44 2026\nnode_name: client-a\ndevice_name: dm-0\nmagic: 0x4d4d50\n";
         assert_eq!(mmp_holder(dump).as_deref(), Some("client-a"));
         assert_eq!(mmp_holder("node_name: \n"), None);
+    }
+
+    #[test]
+    fn journal_recovery() {
+        let dirty = "Filesystem volume name:   <none>\nFilesystem features:      has_journal ext_attr needs_recovery extent mmp\n";
+        assert!(needs_recovery(dirty));
+        assert!(!needs_recovery(&dirty.replace("needs_recovery ", "")));
+        assert!(!needs_recovery("Journal features: needs_recovery\n"));
     }
 
     #[test]

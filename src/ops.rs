@@ -61,6 +61,8 @@ pub struct Ctx {
     pub accept_rollback: std::cell::Cell<bool>,
     /// The container passed that check (false: accepted with --accept-rollback; never prune then).
     consistent: std::cell::Cell<bool>,
+    /// The server's ssh port, once the job file was read (for fencing a dead connection).
+    port: std::cell::Cell<u16>,
 }
 
 impl Ctx {
@@ -76,17 +78,20 @@ impl Ctx {
             remote_seen: Default::default(),
             accept_rollback: Default::default(),
             consistent: std::cell::Cell::new(true),
+            port: std::cell::Cell::new(22),
         })
     }
 
     pub fn job(&self) -> Result<Job> {
         let c = &self.common;
-        config::load(
+        let j = config::load(
             &c.job,
             c.config.as_deref(),
             c.config_dir.as_deref(),
             &c.overrides,
-        )
+        )?;
+        self.port.set(j.remote.port);
+        Ok(j)
     }
 
     pub fn container_file(&self, job: &Job) -> PathBuf {
@@ -198,6 +203,8 @@ impl Drop for Undo<'_> {
 pub struct Stack {
     pub mounted_remote: bool,
     pub opened: bool,
+    /// The copy-on-write loop device of a read-only overlay this open made (journal replayed locally).
+    pub overlay: Option<Arg>,
     /// The loop device under the container (`"$loop"` in a dry-run that attached it).
     pub loop_dev: Option<Arg>,
     /// Container file size if known.
@@ -280,7 +287,7 @@ fn mount_foreground(ctx: &Ctx, job: &Job) -> Result<Option<PathBuf>> {
         }
     };
     // Unmounting ends sshfs's loop cleanly (SIGTERM alone left it running until the next request).
-    let unmounted = remote::unmount(&ctx.run, p, false);
+    let unmounted = remote::unmount(&ctx.run, p, false, job.remote.port);
     let deadline = Instant::now() + Duration::from_secs(5);
     while child.try_wait()?.is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
@@ -345,6 +352,13 @@ fn explain_lost_link(ctx: &Ctx, host: &str, e: anyhow::Error, refused: bool) -> 
             _ => e,
         };
     }
+    // This run gives up on the link: its connection must never write again (see remote::fence).
+    {
+        let _cleanup = ctx.run.unwinding();
+        if let Err(f) = remote::fence(&ctx.run, &ctx.paths, ctx.port.get()) {
+            eprintln!("warning: fencing the dead connection failed: {f:#}");
+        }
+    }
     fail(
         Code::Remote,
         format!("lost the connection to {host} ({e:#}): check the network, then run again; earlier snapshots are not affected"),
@@ -383,6 +397,7 @@ fn open_stack(ctx: &Ctx, job: &Job, create: bool, read_only: bool) -> Result<Sta
         return Ok(Stack {
             mounted_remote: false,
             opened: false,
+            overlay: None,
             loop_dev: existing_loop(),
             size: size_now(),
         });
@@ -406,6 +421,7 @@ fn open_stack(ctx: &Ctx, job: &Job, create: bool, read_only: bool) -> Result<Sta
     let mut stack = Stack {
         mounted_remote,
         opened: true,
+        overlay: None,
         loop_dev: None,
         size: if blind { None } else { size_now() },
     };
@@ -520,10 +536,58 @@ fn open_stack(ctx: &Ctx, job: &Job, create: bool, read_only: bool) -> Result<Sta
     if !read_only && !created {
         fsys::check(run, dev)?;
     }
-    run.run(&fsys::mount(dev, &p.fs, read_only))
+    let mut mount_dev = dev.to_path_buf();
+    if read_only {
+        if let Some(cow) = open_overlay(ctx, &mut undo)? {
+            stack.overlay = Some(cow);
+            mount_dev = p.overlay_dev.clone();
+        }
+    }
+    run.run(&fsys::mount(&mount_dev, &p.fs, read_only))
         .map_err(|e| fsys::name_mmp_holder(run, dev, e))?;
     undo.done();
     Ok(stack)
+}
+
+/// A read-only open of a container whose journal needs recovery (a run cut off, a crash): the
+/// read-only device cannot take the replay, so a device-mapper snapshot over the LUKS mapping takes
+/// it instead, into a copy-on-write file in the client's 0700 run directory. The server's file is
+/// never written; the replayed blocks (plaintext) stay in client memory (/run) until the close.
+/// Returns the copy-on-write loop device, or `None` when the journal is clean (no overlay).
+fn open_overlay(ctx: &Ctx, undo: &mut Undo) -> Result<Option<Arg>> {
+    let (run, p) = (&ctx.run, &ctx.paths);
+    let dev = p.dm_dev.as_path();
+    let Some(sb) = run.query(&fsys::superblock(dev))? else {
+        run.note(
+            "a real run mounts through a local copy-on-write overlay if the journal needs recovery",
+        );
+        return Ok(None);
+    };
+    if !fsys::needs_recovery(&sb) {
+        return Ok(None);
+    }
+    eprintln!(
+        "note: the container's journal needs recovery (it was not closed cleanly): replaying it into a local overlay ({}); the server's copy is not written",
+        p.cow.display()
+    );
+    let sectors: u64 = run
+        .query(&Cmd::new("blockdev").arg("--getsz").arg(dev))?
+        .and_then(|o| o.trim().parse().ok())
+        .ok_or_else(|| {
+            fail(
+                Code::Runtime,
+                format!("blockdev --getsz {}: no size", dev.display()),
+            )
+        })?;
+    // Sparse, as large as the container: dm-snapshot drops a snapshot whose store fills up, and
+    // tmpfs only holds what is written (the journal's replay: at most the journal's size).
+    run.run(&ct::truncate(&p.cow, sectors * 512))?;
+    undo.push(Cmd::new("rm").arg("-f").arg(&p.cow));
+    let cow = run.capture(&ct::losetup_local(&p.cow), "cow")?;
+    undo.push(ct::losetup_detach(&cow));
+    run.run(&ct::overlay_create(&p.overlay_name, dev, sectors, &cow))?;
+    undo.push(ct::overlay_remove(&p.overlay_name));
+    Ok(Some(cow))
 }
 
 /// Whether the container file is there, judged without following a symlink: a symlink on the server
@@ -582,13 +646,18 @@ pub fn close_opened(ctx: &Ctx, s: &Stack) -> Result<()> {
     let p = &ctx.paths;
     if s.opened {
         ctx.run.run(&fsys::umount(&p.fs))?;
+        if let Some(cow) = &s.overlay {
+            ctx.run.run(&ct::overlay_remove(&p.overlay_name))?;
+            ctx.run.run(&ct::losetup_detach(cow))?;
+            ctx.run.run(&Cmd::new("rm").arg("-f").arg(&p.cow))?;
+        }
         ctx.run.run(&ct::luks_close(&p.dm_name))?;
         if let Some(l) = &s.loop_dev {
             ctx.run.run(&ct::losetup_detach(l))?;
         }
     }
     if s.mounted_remote {
-        remote::unmount(&ctx.run, p, true)?;
+        remote::unmount(&ctx.run, p, true, ctx.port.get())?;
     }
     let _ = std::fs::remove_file(&p.owner);
     Ok(())
@@ -1659,7 +1728,8 @@ fn server_allocation(run: &Runner, alloc: &Cmd) -> Result<Option<u64>> {
 /// Tear down from any state, using only what the kernel shows (no job file needed).
 pub fn close(cli: CloseCli) -> Result<Option<PathBuf>> {
     let ctx = Ctx::new(&cli.common)?;
-    // A run in progress would go on writing into whatever is at fs/ once the container is gone.
+    let _ = ctx.job(); // only for the server's port, to fence a dead link: closing needs no job file
+                       // A run in progress would go on writing into whatever is at fs/ once the container is gone.
     let _lock = match lock(&ctx) {
         Err(e) if cli.force && code_of(&e) == Code::Locked => {
             eprintln!("warning: {e:#}; closing anyway (--force): that run will fail");
@@ -1686,14 +1756,23 @@ fn teardown(ctx: &Ctx, keep_remote: bool) -> Result<()> {
     // that into I/O errors, and the rest of the teardown goes through.
     if remote::is_mounted(p) && !remote::responsive(p, Duration::from_secs(20)) {
         eprintln!("{}: sshfs does not answer; killing it", p.remote.display());
-        remote::kill_sshfs(run, p)?;
+        remote::fence(run, p, ctx.port.get())?;
     }
     let umount = fsys::umount(&p.fs);
     if mount_at(&p.fs).is_some() && run.run_timeout(&umount, Duration::from_secs(60))?.is_none() {
-        remote::kill_sshfs(run, p)?;
+        remote::fence(run, p, ctx.port.get())?;
         run.run(&Cmd::new("umount").arg("-l").arg(&p.fs))?;
     }
     let mut loops = Vec::new();
+    if let Some(slaves) = dm_slaves(&p.overlay_name) {
+        run.run(&ct::overlay_remove(&p.overlay_name))?;
+        for s in slaves.iter().filter(|s| s.starts_with("loop")) {
+            run.run(&ct::losetup_detach(&Path::new("/dev").join(s)))?;
+        }
+    }
+    if p.cow.exists() {
+        run.run(&Cmd::new("rm").arg("-f").arg(&p.cow))?;
+    }
     if let Some(slaves) = dm_slaves(&p.dm_name) {
         run.run(&ct::luks_close(&p.dm_name))?;
         for s in slaves.iter().filter(|s| s.starts_with("nbd")) {
@@ -1726,7 +1805,7 @@ fn teardown(ctx: &Ctx, keep_remote: bool) -> Result<()> {
         )?;
     }
     if !keep_remote {
-        remote::unmount(run, p, false)?;
+        remote::unmount(run, p, false, ctx.port.get())?;
     }
     // Whatever a killed run had opened is closed now.
     let _ = std::fs::remove_file(&p.owner);

@@ -45,6 +45,12 @@ pub struct JobPaths {
     pub ssh_ctl: PathBuf,
     pub dm_name: String,
     pub dm_dev: PathBuf,
+    /// Read-only opens of a container whose journal needs recovery: a device-mapper snapshot
+    /// (`e2e-<job>+ro`; `+` is not allowed in job names, so it cannot collide) over the LUKS
+    /// mapping, with its copy-on-write file `cow` here on the client.
+    pub overlay_name: String,
+    pub overlay_dev: PathBuf,
+    pub cow: PathBuf,
 }
 
 impl JobPaths {
@@ -60,6 +66,9 @@ impl JobPaths {
             owner: dir.join("opened-by"),
             ssh_ctl: dir.join("ssh.ctl"),
             dm_dev: Path::new("/dev/mapper").join(&dm_name),
+            overlay_dev: Path::new("/dev/mapper").join(format!("{dm_name}+ro")),
+            overlay_name: format!("{dm_name}+ro"),
+            cow: dir.join("cow"),
             dm_name,
             dir,
         })
@@ -148,6 +157,42 @@ pub fn loops_backed_by(file: &Path, prefix: bool) -> Vec<PathBuf> {
 }
 
 /// Whether a device-mapper device of that name exists, and the block devices under it.
+/// Local ports of orphaned TCP connections to remote port `port` that may still hold unsent data
+/// (FIN-WAIT-1, CLOSING, LAST-ACK; inode 0 = no process owns them), from /proc/net/tcp{,6} text.
+/// A dead ssh's socket lives on like this and delivers its queued writes when the link returns.
+pub fn orphan_ports(tcp_tables: &str, port: u16) -> Vec<u16> {
+    let mut out = Vec::new();
+    for l in tcp_tables.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 10 || f[0] == "sl" {
+            continue;
+        }
+        let port_of = |a: &str| {
+            a.rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+        };
+        let (Some(lp), Some(rp)) = (port_of(f[1]), port_of(f[2])) else {
+            continue;
+        };
+        if rp == port && matches!(f[3], "04" | "0B" | "09") && f[9] == "0" {
+            out.push(lp);
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The kernel's TCP tables, IPv4 and IPv6.
+pub fn tcp_tables() -> String {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 pub fn dm_slaves(dm_name: &str) -> Option<Vec<String>> {
     let rd = std::fs::read_dir("/sys/block").ok()?;
     for e in rd.flatten() {
@@ -171,6 +216,19 @@ pub fn dm_slaves(dm_name: &str) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn orphaned_connections() {
+        let t = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:B1F2 020000C0:0016 04 00001000:00000000 01:00000100 00000005     0        0 0 1 0000 20 4 30 10 -1
+   1: 0100007F:B1F3 020000C0:0016 01 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000 20 4 30 10 -1
+   2: 0100007F:B1F4 020000C0:0016 05 00000000:00000000 00:00000000 00000000     0        0 0 1 0000 20 4 30 10 -1
+   3: 0100007F:B1F5 020000C0:0050 04 00000000:00000000 00:00000000 00000000     0        0 0 1 0000 20 4 30 10 -1
+   4: 0100007F:B1F6 020000C0:0016 09 00000000:00000000 00:00000000 00000000     0        0 0 1 0000 20 4 30 10 -1";
+        // FIN-WAIT-1 and LAST-ACK orphans to port 22; not the live one, FIN-WAIT-2, or port 80.
+        assert_eq!(orphan_ports(t, 22), vec![0xB1F2, 0xB1F6]);
+        assert!(orphan_ports(t, 2222).is_empty());
+    }
 
     #[test]
     fn job_names() {

@@ -233,17 +233,63 @@ pub fn responsive(paths: &JobPaths, limit: Duration) -> bool {
     matches!(rx.recv_timeout(limit), Ok(true))
 }
 
-/// Kill the sshfs serving `paths.remote` (a hung sshfs blocks every caller; only killing it helps).
-pub fn kill_sshfs(run: &Runner, paths: &JobPaths) -> Result<()> {
-    for pid in sshfs_pids(&paths.remote) {
-        run.run(&Cmd::new("kill").arg("-KILL").arg(pid.to_string()))?;
+/// pids of the ssh processes the sshfs processes `parents` started.
+fn ssh_children(parents: &[i32]) -> Vec<i32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // "pid (comm) state ppid ...": comm may hold spaces, so split after the last ')'.
+            let (comm, rest) = stat.rsplit_once(')').unwrap_or(("", ""));
+            let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+            comm.ends_with("(ssh") && ppid.is_some_and(|p| parents.contains(&p))
+        })
+        .collect()
+}
+
+/// Fence the job's connection once a run gives up on it: kill sshfs and its ssh, wait until they
+/// are gone, then destroy (`ss -K`: RST, queued data dropped) the orphaned TCP connections to the
+/// server's port that could still deliver writes when the link returns. Without this, a late
+/// stream of the dead run's writes can land in the container after the next run's fsck.
+pub fn fence(run: &Runner, paths: &JobPaths, port: u16) -> Result<()> {
+    let sshfs = sshfs_pids(&paths.remote);
+    let mut pids = ssh_children(&sshfs);
+    pids.extend(&sshfs);
+    for pid in &pids {
+        run.run(
+            &Cmd::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .ok_code(1),
+        )?;
+    }
+    if run.is_dry() {
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while pids
+        .iter()
+        .any(|p| Path::new(&format!("/proc/{p}")).exists())
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for lport in crate::paths::orphan_ports(&crate::paths::tcp_tables(), port) {
+        run.run(
+            &Cmd::new("ss")
+                .args(["-K", "-t", "-n", "state", "all"])
+                .arg(format!("( sport = :{lport} and dport = :{port} )")),
+        )?;
     }
     Ok(())
 }
 
 /// Unmount the sshfs mount; if the unmount hangs or fails, kill sshfs and detach lazily.
 /// `known_mounted`: this run mounted it (a dry-run cannot see that in the mount table).
-pub fn unmount(run: &Runner, paths: &JobPaths, known_mounted: bool) -> Result<()> {
+pub fn unmount(run: &Runner, paths: &JobPaths, known_mounted: bool, port: u16) -> Result<()> {
     if !known_mounted && !is_mounted(paths) {
         return Ok(());
     }
@@ -258,7 +304,7 @@ pub fn unmount(run: &Runner, paths: &JobPaths, known_mounted: bool) -> Result<()
         }
     };
     if !done {
-        kill_sshfs(run, paths)?;
+        fence(run, paths, port)?;
         run.run(&Cmd::new(fm).arg("-uz").arg(&paths.remote))?;
     }
     Ok(())

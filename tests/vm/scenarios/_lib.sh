@@ -90,6 +90,15 @@ check_job() {
   local j=$1 sums=$2 fs=/run/e2e-backup/$1/fs s lat d
   e2e-open --read-only "$j" >/dev/null || { echo "read-only open of $j failed" >&2; lost=$((lost + 1)); e2e-close "$j"; return; }
   mkdir -p "$sums/$j"
+  # With check_keep_last=N (retention keep_last = N): a recorded snapshot older than the N newest
+  # present ones was pruned, not lost; its record goes.
+  if [ "${check_keep_last:-0}" -gt 0 ]; then
+    local floor
+    floor=$(ls "$fs/snapshots" | grep -E '^[0-9-]+T[0-9:]+Z$' | sort | tail -n "$check_keep_last" | head -n1)
+    for s in "$sums/$j"/*; do
+      [ -f "$s" ] && [ ! -d "$fs/snapshots/${s##*/}" ] && [[ ${s##*/} < $floor ]] && rm -f "$s"
+    done
+  fi
   for s in "$sums/$j"/*; do
     [ -f "$s" ] || continue
     if ! (cd "$fs/snapshots/${s##*/}" 2>/dev/null && find . -type f -exec md5sum {} + | sort -k2 | cmp -s - "$s"); then
@@ -106,6 +115,14 @@ check_job() {
   if [ -d "$fs/latest/data/$j" ]; then
     d=$(rsync -rlcn --itemize-changes --delete "/data/$j/" "$fs/latest/data/$j/" 2>&1) || d="rsync failed: $d"
     [ -z "$d" ] || { echo "latest of $j differs from the source: $d" >&2; lost=$((lost + 1)); }
+  fi
+  # With check_verify=1: `latest` must verify against a non-empty manifest (counter `unverified`).
+  if [ "${check_verify:-0}" = 1 ]; then
+    if ! e2e-sync --verify "$j" >/dev/null 2>/root/verify.err; then
+      echo "latest of $j does not verify: $(tail -n 3 /root/verify.err)" >&2; unverified=$((unverified + 1))
+    elif grep -q '^verified .*: 0 files' /root/verify.err; then
+      echo "latest of $j verified against an empty manifest" >&2; unverified=$((unverified + 1))
+    fi
   fi
   lat=$(readlink "$fs/latest" || true)
   [[ $lat =~ ^snapshots/[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:]{8}Z$ ]] && [ -d "$fs/$lat" ] \
