@@ -1767,7 +1767,7 @@ fn teardown(ctx: &Ctx, keep_remote: bool) -> Result<()> {
     if let Some(slaves) = dm_slaves(&p.overlay_name) {
         run.run(&ct::overlay_remove(&p.overlay_name))?;
         for s in slaves.iter().filter(|s| s.starts_with("loop")) {
-            run.run(&ct::losetup_detach(&Path::new("/dev").join(s)))?;
+            run.run(&ct::losetup_detach(Path::new("/dev").join(s)))?;
         }
     }
     if p.cow.exists() {
