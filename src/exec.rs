@@ -48,10 +48,41 @@ pub fn catch_signals() {
     }
 }
 
+/// The value of [`SIGNAL`] that means "stopped because the server stopped answering".
+const STALLED: i32 = -1;
+
+/// Stop the running step and refuse further ones, as a signal would, because the server has not
+/// answered for `secs` seconds (see ops' stall watchdog): the run then unwinds and exits 3.
+pub fn stop_stalled(secs: u64) {
+    STALLED_SECS.store(secs as i32, Ordering::SeqCst);
+    if SIGNAL
+        .compare_exchange(0, STALLED, Ordering::SeqCst, Ordering::SeqCst)
+        .is_ok()
+    {
+        let pg = CHILD.load(Ordering::SeqCst);
+        if pg > 0 {
+            unsafe { nix::libc::kill(-pg, nix::libc::SIGTERM) };
+        }
+    }
+}
+static STALLED_SECS: AtomicI32 = AtomicI32::new(0);
+
+/// Whether the run was stopped by [`stop_stalled`].
+pub fn stalled() -> bool {
+    SIGNAL.load(Ordering::SeqCst) == STALLED
+}
+
 /// `Err` (exit 128 + N, one line) once a stopping signal has arrived.
 pub fn check_interrupted() -> Result<()> {
     match SIGNAL.load(Ordering::SeqCst) {
         0 => Ok(()),
+        STALLED => Err(fail(
+            Code::Remote,
+            format!(
+                "the server stopped answering (no reply to a statfs for {} s): stopped and closed again; earlier snapshots are not affected",
+                STALLED_SECS.load(Ordering::SeqCst)
+            ),
+        )),
         sig => {
             let name = nix::sys::signal::Signal::try_from(sig)
                 .map(|s| s.as_str())

@@ -640,12 +640,30 @@ fn check_access(file: &Path, user: &str, write: bool) -> Result<()> {
     }
 }
 
+/// Unmount the container's ext4 within a minute: over a hung or dead sshfs the flush blocks, so
+/// then the connection is fenced (the flush fails with I/O errors) and the mount detached lazily.
+/// `known`: this run mounted it (a dry-run cannot see that in the mount table).
+fn unmount_fs(ctx: &Ctx, known: bool) -> Result<()> {
+    let (run, p) = (&ctx.run, &ctx.paths);
+    if !known && mount_at(&p.fs).is_none() {
+        return Ok(());
+    }
+    if run
+        .run_timeout(&fsys::umount(&p.fs), Duration::from_secs(60))?
+        .is_none()
+    {
+        remote::fence(run, p, ctx.port.get())?;
+        run.run(&Cmd::new("umount").arg("-l").arg(&p.fs))?;
+    }
+    Ok(())
+}
+
 /// Undo what [`ensure_open`] did (nothing if the stack was already up).
 pub fn close_opened(ctx: &Ctx, s: &Stack) -> Result<()> {
     let _cleanup = ctx.run.unwinding();
     let p = &ctx.paths;
     if s.opened {
-        ctx.run.run(&fsys::umount(&p.fs))?;
+        unmount_fs(ctx, true)?;
         if let Some(cow) = &s.overlay {
             ctx.run.run(&ct::overlay_remove(&p.overlay_name))?;
             ctx.run.run(&ct::losetup_detach(cow))?;
@@ -661,6 +679,63 @@ pub fn close_opened(ctx: &Ctx, s: &Stack) -> Result<()> {
     }
     let _ = std::fs::remove_file(&p.owner);
     Ok(())
+}
+
+/// Bounded time on a server that stops answering (alive, but silent: ServerAlive is answered by
+/// sshd, not by a stuck sftp-server). While the stack is up, a thread asks the server for a statfs
+/// through sshfs every 30 s; after `E2E_BACKUP_STALL_TIMEOUT` seconds (default 600) without an
+/// answer it stops the running step as a signal would, and the run unwinds (exit 3). Each answer
+/// is also a systemd watchdog ping (`WatchdogSec=` on e2e-sync@), so a run that hangs where this
+/// thread cannot help (in the kernel) is still stopped by systemd.
+struct StallWatchdog {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StallWatchdog {
+    fn start(ctx: &Ctx) -> Option<Self> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        if ctx.run.is_dry() {
+            return None;
+        }
+        let limit = std::env::var("E2E_BACKUP_STALL_TIMEOUT")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|v| *v > 0)
+            .unwrap_or(600);
+        let every = Duration::from_secs(limit.clamp(2, 120) / 2).min(Duration::from_secs(30));
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (flag, paths) = (stop.clone(), ctx.paths.clone());
+        let watchdog = std::env::var_os("WATCHDOG_USEC").is_some();
+        std::thread::spawn(move || {
+            let mut last_ok = Instant::now();
+            while !flag.load(Ordering::SeqCst) {
+                if !remote::is_mounted(&paths) || remote::responsive(&paths, every) {
+                    last_ok = Instant::now();
+                    if watchdog {
+                        let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                    }
+                } else if last_ok.elapsed() >= Duration::from_secs(limit) {
+                    eprintln!(
+                        "{}: the server has not answered for {limit} s; stopping the run",
+                        paths.remote.display()
+                    );
+                    crate::exec::stop_stalled(limit);
+                    return;
+                }
+                let until = Instant::now() + every;
+                while Instant::now() < until && !flag.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        });
+        Some(StallWatchdog { stop })
+    }
+}
+
+impl Drop for StallWatchdog {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Run `f` with the stack open, then leave it as found (also when `f` fails).
@@ -687,10 +762,18 @@ fn with_stack<T>(
     if remote::is_mounted(&ctx.paths) {
         ctx.remote_seen.set(true); // (an already open stack: open_stack did not mount it)
     }
+    let watchdog = StallWatchdog::start(ctx);
     let r = ctx
         .check_history(job)
         .and_then(|_| f(&mut stack))
         .map_err(|e| explain_lost_link(ctx, &job.remote.host, e, false));
+    drop(watchdog);
+    if crate::exec::stalled() {
+        let _cleanup = ctx.run.unwinding();
+        if let Err(f) = remote::fence(&ctx.run, &ctx.paths, ctx.port.get()) {
+            eprintln!("warning: fencing the silent connection failed: {f:#}");
+        }
+    }
     let c = close_opened(ctx, &stack);
     match (r, c) {
         (Ok(v), Ok(())) => Ok(v),
@@ -1758,11 +1841,7 @@ fn teardown(ctx: &Ctx, keep_remote: bool) -> Result<()> {
         eprintln!("{}: sshfs does not answer; killing it", p.remote.display());
         remote::fence(run, p, ctx.port.get())?;
     }
-    let umount = fsys::umount(&p.fs);
-    if mount_at(&p.fs).is_some() && run.run_timeout(&umount, Duration::from_secs(60))?.is_none() {
-        remote::fence(run, p, ctx.port.get())?;
-        run.run(&Cmd::new("umount").arg("-l").arg(&p.fs))?;
-    }
+    unmount_fs(ctx, false)?;
     let mut loops = Vec::new();
     if let Some(slaves) = dm_slaves(&p.overlay_name) {
         run.run(&ct::overlay_remove(&p.overlay_name))?;

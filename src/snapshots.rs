@@ -54,6 +54,9 @@ pub fn rsync_backup(sync: &Sync, fs: &Path, stamp: &str, link_dest: Option<&str>
             "--sparse",
         ])
         .args(["--info=progress2", "--stats"])
+        // No data between rsync's processes for 10 min (a source or destination that hangs):
+        // rsync gives up instead of holding the job's lock forever.
+        .arg("--timeout=600")
         .arg(format!(
             "--log-file={}",
             fs.join("logs").join(format!("{stamp}.log")).display()
@@ -504,6 +507,7 @@ mod tests {
                 "--sparse",
                 "--info=progress2",
                 "--stats",
+                "--timeout=600",
                 "--log-file=/run/e2e-backup/home/fs/logs/2024-01-02T03:04:05Z.log",
                 "--exclude=/run/e2e-backup/",
                 "--exclude=*.cache",
