@@ -36,8 +36,10 @@ after closing what the run had opened.";
 
 const OPEN_NOTES: &str = "\
 Environment: CREDENTIALS_DIRECTORY: if $CREDENTIALS_DIRECTORY/key exists (systemd LoadCredential=key:...)
-it is used instead of container.key_file. E2E_BACKUP_TEST_PBKDF=1 is for the test suite ONLY: it
-makes luksFormat use PBKDF2 with 1000 iterations, which makes the key slot cheap to attack.
+it is used instead of container.key_file. E2E_BACKUP_TEST_PBKDF=1 is for the test suite ONLY: together
+with the file /run/e2e-backup-test-only-weak-pbkdf (the variable alone is ignored, with a warning) it makes
+luksFormat use PBKDF2 with 1000 iterations, which makes the key slot cheap to attack.
+E2E_BACKUP_STALL_TIMEOUT: seconds without an answer from the server before a run stops itself (default 600).
 
 Exit status: 0 success; 1 an external step failed; 2 usage or configuration error; 3 remote
 unreachable or host key mismatch; 4 container refused (not LUKS, wrong key, in use by another host, not readable or writable by the server account);
@@ -57,7 +59,8 @@ Not nbd-server (package nbd-server, up to 3.27 at least): its TRIM handler (expt
 clamps each request to export size minus twice its offset, so discards in the upper half of the
 file are dropped while fstrim still reports them trimmed.
 
-NBD is plain text; e2e-trim reaches it only through an SSH tunnel (ssh -L 127.0.0.1:PORT:127.0.0.1:10809)
+NBD is plain text; e2e-trim reaches it only through an SSH tunnel whose local end is a Unix socket in
+the job's 0700 run directory (ssh -L /run/e2e-backup/JOB/nbd.sock:127.0.0.1:10809)
 with the job's pinned host key and identity. Exit status as for the other e2e-* tools (see e2e-open).";
 
 /// Mount the job's remote directory over sshfs at /run/e2e-backup/<JOB>/remote.
@@ -164,9 +167,6 @@ pub struct GrowCli {
 pub struct TrimCli {
     #[command(flatten)]
     pub common: Common,
-    /// Local end of the SSH tunnel [default: a free port]
-    #[arg(long, value_name = "PORT")]
-    pub local_port: Option<u16>,
     /// NBD server port on the server's loopback
     #[arg(long, value_name = "PORT", default_value_t = 10809)]
     pub nbd_port: u16,

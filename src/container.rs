@@ -9,12 +9,24 @@ use crate::exec::{Arg, Cmd};
 use std::path::Path;
 
 /// Test-only: `E2E_BACKUP_TEST_PBKDF=1` makes luksFormat use a cheap PBKDF so VM tests do not spend
-/// minutes in Argon2 under emulation. Never set it for real containers: it makes the key slot cheap
-/// to brute-force (harmless only with a random key file, which is what we require anyway, but still).
+/// minutes in Argon2 under emulation. It makes the key slot cheap to brute-force (harmless only
+/// with a random key file, which is what we require anyway, but still), so an environment variable
+/// alone (a stray `Environment=`, a shell profile) is not enough: the marker file
+/// [`TEST_PBKDF_MARKER`] must exist too. It lives in /run, so no reboot keeps it.
 pub const TEST_PBKDF_ENV: &str = "E2E_BACKUP_TEST_PBKDF";
+pub const TEST_PBKDF_MARKER: &str = "/run/e2e-backup-test-only-weak-pbkdf";
 
 pub fn test_pbkdf() -> bool {
-    std::env::var(TEST_PBKDF_ENV).is_ok_and(|v| v == "1")
+    if !std::env::var(TEST_PBKDF_ENV).is_ok_and(|v| v == "1") {
+        return false;
+    }
+    if Path::new(TEST_PBKDF_MARKER).exists() {
+        eprintln!("warning: {TEST_PBKDF_ENV}=1 and {TEST_PBKDF_MARKER}: cheap test-only key derivation (PBKDF2, 1000 iterations)");
+        true
+    } else {
+        eprintln!("warning: {TEST_PBKDF_ENV}=1 ignored without {TEST_PBKDF_MARKER}: the standard key derivation is used");
+        false
+    }
 }
 
 /// The name a new container is built under (`.NAME.creating` beside it) until it is formatted.

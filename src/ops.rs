@@ -1636,11 +1636,6 @@ pub fn grow(cli: GrowCli) -> Result<Option<PathBuf>> {
 // ---------------------------------------------------------------------------------------------
 // e2e-trim
 
-fn free_local_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
-
 fn free_nbd_device() -> Option<PathBuf> {
     let mut devs: Vec<(u32, PathBuf)> = std::fs::read_dir("/sys/block")
         .ok()?
@@ -1689,10 +1684,9 @@ pub fn trim(cli: TrimCli) -> Result<Option<PathBuf>> {
             ))
         }
     };
-    let port = match cli.local_port {
-        Some(pt) => pt,
-        None => free_local_port()?,
-    };
+    // The tunnel's local end is a Unix socket in the 0700 run directory: a loopback TCP port
+    // would let any local user reach the decrypted-by-nobody but writable NBD export.
+    let sock = p.dir.join("nbd.sock");
     remote::make_dirs(run, p)?;
     let alloc = remote::allocated_cmd(r, &job.container.file);
     let before = server_allocation(run, &alloc)?;
@@ -1710,10 +1704,12 @@ pub fn trim(cli: TrimCli) -> Result<Option<PathBuf>> {
             "-o",
             "ControlMaster=yes",
             "-o",
+            "StreamLocalBindUnlink=yes",
+            "-o",
         ])
         .arg(&ctl)
         .arg("-L")
-        .arg(format!("127.0.0.1:{port}:127.0.0.1:{}", cli.nbd_port))
+        .arg(format!("{}:127.0.0.1:{}", sock.display(), cli.nbd_port))
         .arg(remote::destination(r))
         .on_fail(move |rc, stderr| (rc == 255).then(|| remote::classify_ssh_error(&r2, stderr)));
     run.run(&tunnel)?;
@@ -1725,10 +1721,11 @@ pub fn trim(cli: TrimCli) -> Result<Option<PathBuf>> {
             .arg(remote::destination(r)),
     );
     let export = job.container.file.clone();
+    undo.push(Cmd::new("rm").arg("-f").arg(&sock));
     run.run(
         &Cmd::new("nbd-client")
-            .arg("127.0.0.1")
-            .arg(port.to_string())
+            .arg("-unix")
+            .arg(&sock)
             .arg(&nbd)
             .arg("-N")
             .arg(&export)

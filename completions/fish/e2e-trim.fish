@@ -11,7 +11,6 @@ complete -c e2e-trim -l size -d 'Container size at creation, e.g. 64G (container
 complete -c e2e-trim -l key-file -d 'LUKS key file (container.key_file)' -r -F
 complete -c e2e-trim -l source -d 'Source path to back up, repeatable (sync.paths)' -r
 complete -c e2e-trim -l exclude -d 'rsync exclude pattern, repeatable (sync.exclude)' -r
-complete -c e2e-trim -l local-port -d 'Local end of the SSH tunnel [default: a free port]' -r
 complete -c e2e-trim -l nbd-port -d 'NBD server port on the server\'s loopback' -r
 complete -c e2e-trim -l nbd-device -d 'NBD device to use [default: the first free /dev/nbdN]' -r -F
 complete -c e2e-trim -l dry-run -d 'Print the commands that would run, shell-quoted, one per line, as a script; run none'

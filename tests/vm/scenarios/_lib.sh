@@ -3,6 +3,7 @@
 # SERVER_KEY, SERVER_KNOWN_HOSTS, and the on-server / link helpers.
 set -euo pipefail
 export E2E_BACKUP_TEST_PBKDF=1   # test-only cheap PBKDF (Argon2 under TCG takes minutes)
+touch /run/e2e-backup-test-only-weak-pbkdf   # ... which the variable alone does not enable
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
 ok() { echo "ok: $*"; }
