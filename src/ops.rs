@@ -720,6 +720,17 @@ impl StallWatchdog {
                         paths.remote.display()
                     );
                     crate::exec::stop_stalled(limit);
+                    // The running step may be blocked in the kernel on the silent FUSE mount
+                    // (syncfs, a write), where no signal reaches it: killing the connection fails
+                    // those requests (ENOTCONN), so the step returns and the run can unwind. The
+                    // main thread then fences properly (remote::fence, logged as a step).
+                    for pid in remote::connection_pids(&paths) {
+                        eprintln!("+ kill -KILL {pid}  # stall watchdog: the connection's sshfs/ssh");
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
                     return;
                 }
                 let until = Instant::now() + every;

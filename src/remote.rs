@@ -250,14 +250,20 @@ fn ssh_children(parents: &[i32]) -> Vec<i32> {
         .collect()
 }
 
+/// The processes of the job's connection: its sshfs and the ssh each sshfs started.
+pub fn connection_pids(paths: &JobPaths) -> Vec<i32> {
+    let sshfs = sshfs_pids(&paths.remote);
+    let mut pids = ssh_children(&sshfs);
+    pids.extend(&sshfs);
+    pids
+}
+
 /// Fence the job's connection once a run gives up on it: kill sshfs and its ssh, wait until they
 /// are gone, then destroy (`ss -K`: RST, queued data dropped) the orphaned TCP connections to the
 /// server's port that could still deliver writes when the link returns. Without this, a late
 /// stream of the dead run's writes can land in the container after the next run's fsck.
 pub fn fence(run: &Runner, paths: &JobPaths, port: u16) -> Result<()> {
-    let sshfs = sshfs_pids(&paths.remote);
-    let mut pids = ssh_children(&sshfs);
-    pids.extend(&sshfs);
+    let pids = connection_pids(paths);
     for pid in &pids {
         run.run(
             &Cmd::new("kill")
