@@ -725,7 +725,9 @@ impl StallWatchdog {
                     // those requests (ENOTCONN), so the step returns and the run can unwind. The
                     // main thread then fences properly (remote::fence, logged as a step).
                     for pid in remote::connection_pids(&paths) {
-                        eprintln!("+ kill -KILL {pid}  # stall watchdog: the connection's sshfs/ssh");
+                        eprintln!(
+                            "+ kill -KILL {pid}  # stall watchdog: the connection's sshfs/ssh"
+                        );
                         let _ = nix::sys::signal::kill(
                             nix::unistd::Pid::from_raw(pid),
                             nix::sys::signal::Signal::SIGKILL,
