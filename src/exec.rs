@@ -22,8 +22,17 @@ static SIGNAL: AtomicI32 = AtomicI32::new(0);
 static CHILD: AtomicI32 = AtomicI32::new(0);
 
 extern "C" fn on_signal(sig: nix::libc::c_int) {
-    // Only async-signal-safe work here: remember the signal, stop the running step.
-    let _ = SIGNAL.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst);
+    // Only async-signal-safe work here: remember the signal, stop the running step. A second
+    // signal (a cleanup step that hangs, an impatient user) ends the process the default way.
+    if SIGNAL
+        .compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst)
+        .is_err()
+    {
+        unsafe {
+            nix::libc::signal(sig, nix::libc::SIG_DFL);
+            nix::libc::raise(sig);
+        }
+    }
     let pg = CHILD.load(Ordering::SeqCst);
     if pg > 0 {
         unsafe { nix::libc::kill(-pg, nix::libc::SIGTERM) };

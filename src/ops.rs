@@ -808,7 +808,21 @@ fn lock(ctx: &Ctx) -> Result<Option<nix::fcntl::Flock<std::fs::File>>> {
     if ctx.run.is_dry() {
         return Ok(None);
     }
-    remote::make_dirs(&ctx.run, &ctx.paths)?;
+    // Only the job's run directory (a tmpfs directory): never a stat of remote/ or fs/, which
+    // hangs when sshfs is stopped, and e2e-close must get past its lock in exactly that case.
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&ctx.paths.dir)
+            .map_err(|e| {
+                fail(
+                    Code::Runtime,
+                    format!("cannot make {}: {e}", ctx.paths.dir.display()),
+                )
+            })?;
+    }
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
