@@ -178,7 +178,9 @@ pub struct TrimCli {
 /// Tear the job's stack down from any state: umount, cryptsetup close, detach loop, unmount sshfs.
 ///
 /// Kills a hung sshfs. Takes the job's lock: while a run (e2e-sync, e2e-grow, e2e-trim) holds it,
-/// refuses with exit 5 unless --force. Prints nothing.
+/// refuses with exit 5 unless --force. A filesystem that is in use (a running e2e-sync holds it open,
+/// or a shell sits in it) is never unmounted under it, --force or not: exit 5, nothing closed.
+/// Prints nothing.
 #[derive(Debug, Parser)]
 #[command(name = "e2e-close", version, after_help = EXIT_CODES)]
 pub struct CloseCli {
@@ -187,7 +189,8 @@ pub struct CloseCli {
     /// Leave the sshfs mount in place
     #[arg(long)]
     pub keep_remote: bool,
-    /// Close even while a run of this job holds its lock (that run then fails)
+    /// Close even while a run of this job holds its lock (a stale lock; a running sync keeps its
+    /// filesystem mounted all the same)
     #[arg(long)]
     pub force: bool,
 }

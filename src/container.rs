@@ -105,21 +105,13 @@ pub fn is_luks(file: &Path) -> Cmd {
         })
 }
 
-fn wrong_key(file: &str) -> Fail {
+/// The refusal for a key that opens no keyslot (cryptsetup exits 2); a failed open detaches its loop
+/// device on the way out, so nothing stays attached.
+pub fn wrong_key(file: &str) -> Fail {
     Fail::new(
         Code::Refused,
         format!("wrong key for container {file}: check container.key_file"),
     )
-}
-
-/// Check the key before attaching anything, so a wrong key leaves no loop device behind.
-pub fn test_key(file: &Path, key: &Path) -> Cmd {
-    let f = file.display().to_string();
-    Cmd::new("cryptsetup")
-        .args(["open", "--test-passphrase", "--key-file"])
-        .arg(key)
-        .arg(file)
-        .on_fail(move |rc, _| (rc == 2).then(|| wrong_key(&f)))
 }
 
 pub struct OpenOpts {
@@ -215,10 +207,6 @@ mod tests {
                 "/dev/loop3",
                 "e2e-home"
             ]
-        );
-        assert_eq!(
-            test_key(f, key).render(),
-            "cryptsetup open --test-passphrase --key-file /etc/e2e-backup/home.key /run/e2e-backup/home/remote/home.luks"
         );
         assert_eq!(
             luks_resize("e2e-home", key).render(),

@@ -4,7 +4,7 @@
 use crate::cli::{CloseCli, Common, GrowCli, MountCli, OpenCli, SyncCli, TrimCli};
 use crate::config::{self, parse_size_spec, Job};
 use crate::container::{self as ct, OpenOpts};
-use crate::error::{code_of, fail, Code};
+use crate::error::{code_of, fail, Code, Fail};
 use crate::exec::{Arg, Cmd, Runner};
 use crate::filesystem as fsys;
 use crate::paths::{dm_slaves, loops_backed_by, mount_at, JobPaths};
@@ -63,6 +63,9 @@ pub struct Ctx {
     consistent: std::cell::Cell<bool>,
     /// The server's ssh port, once the job file was read (for fencing a dead connection).
     port: std::cell::Cell<u16>,
+    /// The LUKS UUID read at the history check, recorded again with the new state: the UUID of the
+    /// container this run opened (and one `cryptsetup luksUUID` less).
+    uuid: std::cell::OnceCell<Option<String>>,
 }
 
 impl Ctx {
@@ -79,6 +82,7 @@ impl Ctx {
             accept_rollback: Default::default(),
             consistent: std::cell::Cell::new(true),
             port: std::cell::Cell::new(22),
+            uuid: Default::default(),
         })
     }
 
@@ -128,8 +132,15 @@ impl Ctx {
 
     /// The container's LUKS UUID (`cryptsetup luksUUID`, read from the header: no key needed).
     fn luks_uuid(&self, job: &Job) -> Result<Option<String>> {
+        if let Some(u) = self.uuid.get() {
+            return Ok(u.clone());
+        }
         let out = self.run.query(&ct::luks_uuid(&self.container_file(job)))?;
-        Ok(out.map(|o| o.trim().to_string()).filter(|u| !u.is_empty()))
+        let u = out.map(|o| o.trim().to_string()).filter(|u| !u.is_empty());
+        if !self.run.is_dry() {
+            let _ = self.uuid.set(u.clone());
+        }
+        Ok(u)
     }
 
     /// sha256 of snapshot STAMP's manifest as it is now (`None`: no manifest).
@@ -239,33 +250,40 @@ fn mount_foreground(ctx: &Ctx, job: &Job) -> Result<Option<PathBuf>> {
         ));
     }
     remote::make_dirs(&ctx.run, p)?;
-    ctx.run.run(&remote::probe(&job.remote))?;
     // Block the signals we wait for before starting sshfs (std resets the mask in the child).
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGINT);
     set.add(Signal::SIGCHLD);
     set.thread_block()?;
-    let Some(mut child) = ctx
-        .run
-        .spawn(&remote::sshfs(&job.remote, &p.remote, true))?
-    else {
+    let mut started = None;
+    remote::mount_or_diagnose(&ctx.run, &job.remote, || {
+        let Some(mut child) = ctx
+            .run
+            .spawn(&remote::sshfs(&job.remote, &p.remote, true))?
+        else {
+            return Ok(()); // dry-run
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !remote::is_mounted(p) {
+            if let Some(st) = child.try_wait()? {
+                return Err(fail(
+                    Code::Remote,
+                    format!("sshfs exited ({st}) before the mount was up"),
+                ));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(fail(Code::Remote, "sshfs did not mount within 30 s"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        started = Some(child);
+        Ok(())
+    })?;
+    let Some(mut child) = started else {
         return Ok(Some(p.remote.clone())); // dry-run
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !remote::is_mounted(p) {
-        if let Some(st) = child.try_wait()? {
-            return Err(fail(
-                Code::Remote,
-                format!("sshfs exited ({st}) before the mount was up"),
-            ));
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            return Err(fail(Code::Remote, "sshfs did not mount within 30 s"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     print_stdout(&format!("{}\n", p.remote.display()));
     let pid = Pid::from_raw(child.id() as i32);
@@ -508,7 +526,6 @@ fn open_stack(ctx: &Ctx, job: &Job, create: bool, read_only: bool) -> Result<Sta
         }
         run.run(&ct::is_luks(&file))
             .map_err(|e| explain_lost_link(ctx, &job.remote.host, e, true))?;
-        run.run(&ct::test_key(&file, &key))?;
         if !read_only && !blind {
             check_access(&file, &job.remote.user, true)?;
         }
@@ -520,15 +537,16 @@ fn open_stack(ctx: &Ctx, job: &Job, create: bool, read_only: bool) -> Result<Sta
                 l
             }
         };
-        run.run(&ct::luks_open(
-            &lp,
-            &key,
-            &p.dm_name,
-            &OpenOpts {
-                read_only,
-                allow_discards: false,
-            },
-        ))?;
+        // No separate key test first: a wrong key fails here, and the undo detaches the loop.
+        let shown = file.display().to_string();
+        let opts = OpenOpts {
+            read_only,
+            allow_discards: false,
+        };
+        run.run(
+            &ct::luks_open(&lp, &key, &p.dm_name, &opts)
+                .on_fail(move |rc, _| (rc == 2).then(|| ct::wrong_key(&shown))),
+        )?;
         undo.push(ct::luks_close(&p.dm_name));
         stack.loop_dev = Some(lp);
     }
@@ -648,13 +666,29 @@ fn unmount_fs(ctx: &Ctx, known: bool) -> Result<()> {
     if !known && mount_at(&p.fs).is_none() {
         return Ok(());
     }
-    if run
-        .run_timeout(&fsys::umount(&p.fs), Duration::from_secs(60))?
-        .is_none()
-    {
+    let shown = p.fs.display().to_string();
+    let umount = fsys::umount(&p.fs).on_fail(move |_, stderr| {
+        stderr.contains("target is busy").then(|| {
+            Fail::new(
+                Code::Locked,
+                format!("{shown} is in use (a running e2e-sync holds it, or a shell or program has something open in it): stop that first; nothing closed"),
+            )
+        })
+    });
+    if run.run_timeout(&umount, Duration::from_secs(60))?.is_none() {
         remote::fence(run, p, ctx.port.get())?;
         run.run(&Cmd::new("umount").arg("-l").arg(&p.fs))?;
     }
+    Ok(())
+}
+
+/// Remove a read-only overlay: the snapshot mapping, then its copy-on-write loop device(s) and file.
+fn remove_overlay(run: &Runner, p: &JobPaths, cow_loops: &[Arg]) -> Result<()> {
+    run.run(&ct::overlay_remove(&p.overlay_name))?;
+    for l in cow_loops {
+        run.run(&ct::losetup_detach(l.clone()))?;
+    }
+    run.run(&Cmd::new("rm").arg("-f").arg(&p.cow))?;
     Ok(())
 }
 
@@ -665,9 +699,7 @@ pub fn close_opened(ctx: &Ctx, s: &Stack) -> Result<()> {
     if s.opened {
         unmount_fs(ctx, true)?;
         if let Some(cow) = &s.overlay {
-            ctx.run.run(&ct::overlay_remove(&p.overlay_name))?;
-            ctx.run.run(&ct::losetup_detach(cow))?;
-            ctx.run.run(&Cmd::new("rm").arg("-f").arg(&p.cow))?;
+            remove_overlay(&ctx.run, p, std::slice::from_ref(cow))?;
         }
         ctx.run.run(&ct::luks_close(&p.dm_name))?;
         if let Some(l) = &s.loop_dev {
@@ -775,12 +807,18 @@ fn with_stack<T>(
     if remote::is_mounted(&ctx.paths) {
         ctx.remote_seen.set(true); // (an already open stack: open_stack did not mount it)
     }
+    // Held open for the run: the filesystem cannot be unmounted (e2e-close --force, a user's umount)
+    // under it, so no step ever writes into the bare directory a closed container leaves behind.
+    let pin = (!ctx.run.is_dry() && ctx.fs_mounted())
+        .then(|| std::fs::File::open(&p.fs).ok())
+        .flatten();
     let watchdog = StallWatchdog::start(ctx);
     let r = ctx
         .check_history(job)
         .and_then(|_| f(&mut stack))
         .map_err(|e| explain_lost_link(ctx, &job.remote.host, e, false));
     drop(watchdog);
+    drop(pin);
     if crate::exec::stalled() {
         let _cleanup = ctx.run.unwinding();
         if let Err(f) = remote::fence(&ctx.run, &ctx.paths, ctx.port.get()) {
@@ -1868,12 +1906,13 @@ fn teardown(ctx: &Ctx, keep_remote: bool) -> Result<()> {
     unmount_fs(ctx, false)?;
     let mut loops = Vec::new();
     if let Some(slaves) = dm_slaves(&p.overlay_name) {
-        run.run(&ct::overlay_remove(&p.overlay_name))?;
-        for s in slaves.iter().filter(|s| s.starts_with("loop")) {
-            run.run(&ct::losetup_detach(Path::new("/dev").join(s)))?;
-        }
-    }
-    if p.cow.exists() {
+        let cows: Vec<Arg> = slaves
+            .iter()
+            .filter(|s| s.starts_with("loop"))
+            .map(|s| Path::new("/dev").join(s).into())
+            .collect();
+        remove_overlay(run, p, &cows)?;
+    } else if p.cow.exists() {
         run.run(&Cmd::new("rm").arg("-f").arg(&p.cow))?;
     }
     if let Some(slaves) = dm_slaves(&p.dm_name) {

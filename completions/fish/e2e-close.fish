@@ -14,6 +14,6 @@ complete -c e2e-close -l exclude -d 'rsync exclude pattern, repeatable (sync.exc
 complete -c e2e-close -l dry-run -d 'Print the commands that would run, shell-quoted, one per line, as a script; run none'
 complete -c e2e-close -s v -l verbose -d 'Also show the output of the commands run'
 complete -c e2e-close -l keep-remote -d 'Leave the sshfs mount in place'
-complete -c e2e-close -l force -d 'Close even while a run of this job holds its lock (that run then fails)'
+complete -c e2e-close -l force -d 'Close even while a run of this job holds its lock (a stale lock; a running sync keeps its filesystem mounted all the same)'
 complete -c e2e-close -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c e2e-close -s V -l version -d 'Print version'
