@@ -27,25 +27,30 @@ pub struct Common {
     pub overrides: Overrides,
 }
 
-const EXIT_CODES: &str = "\
+/// The exit status text, once (a macro so the notes below can `concat!` it).
+macro_rules! exit_codes {
+    () => {
+        "\
 Exit status: 0 success; 1 an external step failed; 2 usage or configuration error; 3 remote
 unreachable or host key mismatch; 4 container refused (not LUKS, wrong key, in use by another host, not readable or writable by the server account);
 5 locked by another run on this host; 6 out of space (server or container); 7 a check cannot be made
 (the snapshot's manifest is missing, damaged or empty); 129/130/143 stopped by SIGHUP/SIGINT/SIGTERM
-after closing what the run had opened.";
+after closing what the run had opened."
+    };
+}
+const EXIT_CODES: &str = exit_codes!();
 
-const OPEN_NOTES: &str = "\
+const OPEN_NOTES: &str = concat!(
+    "\
 Environment: CREDENTIALS_DIRECTORY: if $CREDENTIALS_DIRECTORY/key exists (systemd LoadCredential=key:...)
 it is used instead of container.key_file. E2E_BACKUP_TEST_PBKDF=1 is for the test suite ONLY: together
 with the file /run/e2e-backup-test-only-weak-pbkdf (the variable alone is ignored, with a warning) it makes
 luksFormat use PBKDF2 with 1000 iterations, which makes the key slot cheap to attack.
 E2E_BACKUP_STALL_TIMEOUT: seconds without an answer from the server before a run stops itself (default 600).
 
-Exit status: 0 success; 1 an external step failed; 2 usage or configuration error; 3 remote
-unreachable or host key mismatch; 4 container refused (not LUKS, wrong key, in use by another host, not readable or writable by the server account);
-5 locked by another run on this host; 6 out of space (server or container); 7 a check cannot be made
-(the snapshot's manifest is missing, damaged or empty); 129/130/143 stopped by SIGHUP/SIGINT/SIGTERM
-after closing what the run had opened.";
+",
+    exit_codes!()
+);
 
 const TRIM_NOTES: &str = "\
 Server side: an NBD server bound to the server's loopback, one export per container, named after the

@@ -1759,8 +1759,7 @@ pub fn trim(cli: TrimCli) -> Result<Option<PathBuf>> {
     let mut undo = Undo::new(run);
     // The tunnel: the NBD server listens on the server's loopback only; NBD is plain text.
     let ctl = format!("ControlPath={}", p.ssh_ctl.display());
-    let r2 = r.clone();
-    let tunnel = remote::ssh(r)
+    let tunnel = remote::ssh_checked(r)
         .args([
             "-f",
             "-N",
@@ -1775,8 +1774,7 @@ pub fn trim(cli: TrimCli) -> Result<Option<PathBuf>> {
         .arg(&ctl)
         .arg("-L")
         .arg(format!("{}:127.0.0.1:{}", sock.display(), cli.nbd_port))
-        .arg(remote::destination(r))
-        .on_fail(move |rc, stderr| (rc == 255).then(|| remote::classify_ssh_error(&r2, stderr)));
+        .arg(remote::destination(r));
     run.run(&tunnel)?;
     undo.push(
         Cmd::new("ssh")

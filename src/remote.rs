@@ -56,6 +56,13 @@ pub fn ssh(r: &Remote) -> Cmd {
     c
 }
 
+/// [`ssh`] whose own failures (exit 255) end in one classified line; any other code is the remote
+/// command's.
+pub fn ssh_checked(r: &Remote) -> Cmd {
+    let r2 = r.clone();
+    ssh(r).on_fail(move |rc, stderr| (rc == 255).then(|| classify_ssh_error(&r2, stderr)))
+}
+
 /// Classify an ssh failure (exit 255) from its stderr.
 pub fn classify_ssh_error(r: &Remote, stderr: &str) -> Fail {
     let host = format!("{}:{}", r.host, r.port);
@@ -88,19 +95,17 @@ pub fn classify_ssh_error(r: &Remote, stderr: &str) -> Fail {
 
 /// A quick `ssh … true` that names an unreachable host, a host-key mismatch or a refused key, which
 /// sshfs hides behind "read: Connection reset by peer"; run only after sshfs failed (one SSH
-/// handshake less per run: ≈3 s under emulation, a round trip or more on a real uplink). ssh exits 255 for its own
-/// failures; any other code was the account's answer after login, so the link and key are fine:
+/// handshake less per run: ≈3 s under emulation, a round trip or more on a real uplink). ssh exits
+/// 255 for its own failures; any other code was the account's answer after login, so the link and key are fine:
 /// an SFTP-only account (ForceCommand internal-sftp, as the NixOS server module sets up) answers 1
 /// "This service allows sftp connections only.", a restricted shell 126 or 127.
 pub fn probe(r: &Remote) -> Cmd {
-    let r2 = r.clone();
-    ssh(r)
+    ssh_checked(r)
         .arg(destination(r))
         .arg("true")
         .ok_code(1)
         .ok_code(126)
         .ok_code(127)
-        .on_fail(move |rc, stderr| (rc == 255).then(|| classify_ssh_error(&r2, stderr)))
 }
 
 /// Escape a value for a FUSE `-o` option (commas separate options).
@@ -346,11 +351,7 @@ pub fn allocated_cmd(r: &Remote, file: &str) -> Cmd {
     let path = format!("{}/{}", r.path.trim_end_matches('/'), file);
     // ssh joins its arguments into one line for the remote shell, so quote for that shell.
     let remote_cmd = format!("stat -c '%b %B' -- {}", quote(&path));
-    let r2 = r.clone();
-    ssh(r)
-        .arg(destination(r))
-        .arg(remote_cmd)
-        .on_fail(move |rc, stderr| (rc == 255).then(|| classify_ssh_error(&r2, stderr)))
+    ssh_checked(r).arg(destination(r)).arg(remote_cmd)
 }
 
 pub fn parse_allocated(out: &str) -> Option<u64> {
