@@ -1362,11 +1362,7 @@ fn restore(
         let want = if ctx.run.is_dry() {
             None
         } else {
-            let (snap, rest) = spec.split_once('/').unwrap_or((spec, ""));
-            let stamp = match snap {
-                "latest" => snapshots::latest(fs).unwrap_or_default(),
-                s => s.to_string(),
-            };
+            let snapshots::Spec { stamp, rest } = snapshots::parse_spec(fs, spec)?;
             let m = load_manifest(fs, &stamp).and_then(|m| {
                 let want = snapshots::restore_subset(&m, rest);
                 if want.is_empty() && holds_regular_file(&src) {
@@ -1479,16 +1475,12 @@ fn verify(ctx: &Ctx, job: &Job, spec: &str) -> Result<Option<PathBuf>> {
                 .note("the container is not open yet: the snapshot and its manifest are not shown");
             return Ok(None);
         }
-        let stamp = match spec.trim_end_matches('/') {
-            "latest" => snapshots::latest(fs)
-                .ok_or_else(|| fail(Code::Config, "no snapshot yet: `latest` does not exist"))?,
-            s if timefmt::parse_stamp(s).is_some() => s.to_string(),
+        let stamp = match snapshots::parse_spec(fs, spec.trim_end_matches('/'))? {
+            snapshots::Spec { stamp, rest: "" } => stamp,
             _ => {
                 return Err(fail(
                     Code::Config,
-                    format!(
-                        "{spec:?} is not a snapshot: use `latest` or a stamp (see e2e-sync --list)"
-                    ),
+                    format!("{spec:?} is not a snapshot: --verify takes `latest` or a stamp, no path (see e2e-sync --list)"),
                 ))
             }
         };

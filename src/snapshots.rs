@@ -122,10 +122,15 @@ pub fn rsync_restore(src: &Path, target: &str) -> Cmd {
         .on_fail(|_, out| rsync_failure(out))
 }
 
-/// Resolve `SNAPSHOT[/PATH]` (SNAPSHOT a stamp or `latest`) to a path under `fs/snapshots`.
-/// A bare SNAPSHOT restores its contents (`SNAPSHOT/`); in `SNAPSHOT/PATH` a trailing slash on
-/// PATH means "contents of PATH" as in rsync.
-pub fn resolve_restore_source(fs: &Path, spec: &str) -> Result<PathBuf, Fail> {
+/// `SNAPSHOT[/PATH]` with SNAPSHOT resolved: `latest` read from its symlink, a stamp checked.
+pub struct Spec<'a> {
+    pub stamp: String,
+    /// PATH inside the snapshot ("" for the whole snapshot), `..` refused.
+    pub rest: &'a str,
+}
+
+/// Parse `SNAPSHOT[/PATH]` (SNAPSHOT a stamp or `latest`) against the ext4 root `fs`.
+pub fn parse_spec<'a>(fs: &Path, spec: &'a str) -> Result<Spec<'a>, Fail> {
     let (snap, rest) = spec.split_once('/').unwrap_or((spec, ""));
     let stamp = if snap == "latest" {
         latest(fs)
@@ -144,9 +149,14 @@ pub fn resolve_restore_source(fs: &Path, spec: &str) -> Result<PathBuf, Fail> {
             format!("{spec:?}: \"..\" is not allowed"),
         ));
     }
-    let base = fs.join("snapshots").join(&stamp);
-    // A bare SNAPSHOT means its contents; SNAPSHOT/PATH keeps rsync's trailing-slash rule.
-    let mut p = base.into_os_string();
+    Ok(Spec { stamp, rest })
+}
+
+/// Resolve `SNAPSHOT[/PATH]` to a path under `fs/snapshots`. A bare SNAPSHOT restores its contents
+/// (`SNAPSHOT/`); in `SNAPSHOT/PATH` a trailing slash on PATH means "contents of PATH" as in rsync.
+pub fn resolve_restore_source(fs: &Path, spec: &str) -> Result<PathBuf, Fail> {
+    let Spec { stamp, rest } = parse_spec(fs, spec)?;
+    let mut p = fs.join("snapshots").join(&stamp).into_os_string();
     p.push("/");
     p.push(rest);
     Ok(PathBuf::from(p))
@@ -573,6 +583,24 @@ mod tests {
         assert!(resolve_restore_source(fs, "2024-01-02T03:04:05Z/../x").is_err());
         assert!(resolve_restore_source(fs, "yesterday").is_err());
         assert!(resolve_restore_source(fs, "latest").is_err()); // no `latest` under /fs
+    }
+
+    #[test]
+    fn spec_resolves_latest() {
+        let dir = std::env::temp_dir().join(format!("e2e-spec-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("snapshots/2024-01-02T00:00:00Z")).unwrap();
+        let _ = std::fs::remove_file(dir.join("latest"));
+        std::os::unix::fs::symlink("snapshots/2024-01-02T00:00:00Z", dir.join("latest")).unwrap();
+        let s = parse_spec(&dir, "latest/home/a").unwrap();
+        assert_eq!(
+            (s.stamp.as_str(), s.rest),
+            ("2024-01-02T00:00:00Z", "home/a")
+        );
+        let s = parse_spec(&dir, "2023-05-06T07:08:09Z").unwrap();
+        assert_eq!((s.stamp.as_str(), s.rest), ("2023-05-06T07:08:09Z", ""));
+        assert!(parse_spec(&dir, "latest/a/../../b").is_err());
+        assert!(parse_spec(&dir, "2023-05-06/x").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
