@@ -105,8 +105,7 @@ pub fn is_luks(file: &Path) -> Cmd {
         })
 }
 
-/// The refusal for a key that opens no keyslot (cryptsetup exits 2); a failed open detaches its loop
-/// device on the way out, so nothing stays attached.
+/// The refusal for a key that opens no keyslot (cryptsetup exits 2).
 pub fn wrong_key(file: &str) -> Fail {
     Fail::new(
         Code::Refused,

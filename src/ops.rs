@@ -1340,7 +1340,15 @@ fn restore(
 ) -> Result<Option<PathBuf>> {
     with_stack(ctx, job, true, |_| {
         let fs = ctx.paths.fs.as_path();
-        let src = if ctx.run.is_dry() && !ctx.fs_mounted() {
+        // Parsed once: the source path and the manifest that checks it name the same snapshot.
+        let parsed = if ctx.run.is_dry() && !ctx.fs_mounted() {
+            None
+        } else {
+            Some(snapshots::parse_spec(fs, spec)?)
+        };
+        let src = if let Some(sp) = &parsed {
+            sp.source(fs)
+        } else {
             // Not open in a dry-run: let the script follow the `latest` symlink itself.
             let (snap, rest) = spec.split_once('/').unwrap_or((spec, ""));
             if !spec.contains('/') {
@@ -1348,8 +1356,6 @@ fn restore(
                     .note("restoring the contents of the snapshot (as SNAPSHOT/ would)");
             }
             PathBuf::from(format!("{}/{snap}/{rest}", fs.display()))
-        } else {
-            snapshots::resolve_restore_source(fs, spec)?
         };
         if !ctx.run.is_dry() && std::fs::symlink_metadata(&src).is_err() {
             return Err(fail(
@@ -1359,10 +1365,9 @@ fn restore(
         }
         // The check's reference is found before anything is copied: a restore that could not be
         // checked is refused up front (exit 7) unless --unchecked.
-        let want = if ctx.run.is_dry() {
-            None
-        } else {
-            let snapshots::Spec { stamp, rest } = snapshots::parse_spec(fs, spec)?;
+        let want = if let (false, Some(snapshots::Spec { stamp, rest })) =
+            (ctx.run.is_dry(), parsed)
+        {
             let m = load_manifest(fs, &stamp).and_then(|m| {
                 let want = snapshots::restore_subset(&m, rest);
                 if want.is_empty() && holds_regular_file(&src) {
@@ -1390,6 +1395,8 @@ fn restore(
                     ))
                 }
             }
+        } else {
+            None
         };
         ctx.run
             .run_streaming(&snapshots::rsync_restore(&src, target), progress_reporter())?;

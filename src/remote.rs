@@ -95,8 +95,9 @@ pub fn classify_ssh_error(r: &Remote, stderr: &str) -> Fail {
 
 /// A quick `ssh … true` that names an unreachable host, a host-key mismatch or a refused key, which
 /// sshfs hides behind "read: Connection reset by peer"; run only after sshfs failed (one SSH
-/// handshake less per run: ≈3 s under emulation, a round trip or more on a real uplink). ssh exits
-/// 255 for its own failures; any other code was the account's answer after login, so the link and key are fine:
+/// handshake less per run: ≈3 s under emulation, a round trip or more on a real uplink; an
+/// unreachable host now waits out ConnectTimeout twice). ssh exits 255 for its own failures; any
+/// other code was the account's answer after login, so the link and key are fine:
 /// an SFTP-only account (ForceCommand internal-sftp, as the NixOS server module sets up) answers 1
 /// "This service allows sftp connections only.", a restricted shell 126 or 127.
 pub fn probe(r: &Remote) -> Cmd {

@@ -155,11 +155,17 @@ pub fn parse_spec<'a>(fs: &Path, spec: &'a str) -> Result<Spec<'a>, Fail> {
 /// Resolve `SNAPSHOT[/PATH]` to a path under `fs/snapshots`. A bare SNAPSHOT restores its contents
 /// (`SNAPSHOT/`); in `SNAPSHOT/PATH` a trailing slash on PATH means "contents of PATH" as in rsync.
 pub fn resolve_restore_source(fs: &Path, spec: &str) -> Result<PathBuf, Fail> {
-    let Spec { stamp, rest } = parse_spec(fs, spec)?;
-    let mut p = fs.join("snapshots").join(&stamp).into_os_string();
-    p.push("/");
-    p.push(rest);
-    Ok(PathBuf::from(p))
+    Ok(parse_spec(fs, spec)?.source(fs))
+}
+
+impl Spec<'_> {
+    /// The path under `fs/snapshots` (see [`resolve_restore_source`]).
+    pub fn source(&self, fs: &Path) -> PathBuf {
+        let mut p = fs.join("snapshots").join(&self.stamp).into_os_string();
+        p.push("/");
+        p.push(self.rest);
+        PathBuf::from(p)
+    }
 }
 
 /// Checksum manifests live inside the container, beside the snapshots: `manifests/<STAMP>.sha256`.
