@@ -1,4 +1,4 @@
 //! e2e-grow: see `e2e-grow --help` and e2e_backup::cli::GrowCli.
 fn main() -> std::process::ExitCode {
-    e2e_backup::ops::main::<e2e_backup::cli::GrowCli>("e2e-grow", e2e_backup::ops::grow)
+    e2e_backup::cmd::main::<e2e_backup::cli::GrowCli>("e2e-grow", e2e_backup::cmd::grow)
 }

@@ -1,0 +1,30 @@
+//! e2e-close: tear the job's stack down from any state.
+
+use crate::cli::CloseCli;
+use crate::error::{code_of, fail, Code};
+use crate::stack::close::teardown;
+use crate::stack::{lock, Ctx};
+use anyhow::Result;
+use std::path::PathBuf;
+
+/// Tear down from any state, using only what the kernel shows (no job file needed).
+pub fn close(cli: CloseCli) -> Result<Option<PathBuf>> {
+    let ctx = Ctx::new(&cli.common)?;
+    let _ = ctx.job(); // only for the server's port, to fence a dead link: closing needs no job file
+                       // A run in progress would go on writing into whatever is at fs/ once the container is gone.
+    let _lock = match lock(&ctx) {
+        Err(e) if cli.force && code_of(&e) == Code::Locked => {
+            eprintln!("warning: {e:#}; closing anyway (--force): that run will fail");
+            None
+        }
+        Err(e) if code_of(&e) == Code::Locked => {
+            return Err(fail(
+                Code::Locked,
+                format!("{e:#}: a run is using the stack; wait for it, stop it, or pass --force"),
+            ))
+        }
+        l => l?,
+    };
+    teardown(&ctx, cli.keep_remote)?;
+    Ok(None)
+}

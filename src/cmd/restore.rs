@@ -1,0 +1,151 @@
+//! e2e-sync --restore: copy out of a snapshot, then check the copy against its manifest.
+
+use crate::config::Job;
+use crate::error::{fail, Code};
+use crate::manifest::{hash_listed, holds_regular_file, load_manifest};
+use crate::progress::{finish_progress, progress_reporter};
+use crate::snapshots;
+use crate::stack::{with_stack, Ctx};
+use anyhow::Result;
+use std::path::{Path, PathBuf};
+
+pub(crate) fn restore(
+    ctx: &Ctx,
+    job: &Job,
+    spec: &str,
+    target: &str,
+    unchecked: bool,
+) -> Result<Option<PathBuf>> {
+    with_stack(ctx, job, true, |_| {
+        let fs = ctx.paths.fs.as_path();
+        // Parsed once: the source path and the manifest that checks it name the same snapshot.
+        let parsed = if ctx.run.is_dry() && !ctx.fs_mounted() {
+            None
+        } else {
+            Some(snapshots::parse_spec(fs, spec)?)
+        };
+        let src = if let Some(sp) = &parsed {
+            sp.source(fs)
+        } else {
+            // Not open in a dry-run: let the script follow the `latest` symlink itself.
+            let (snap, rest) = spec.split_once('/').unwrap_or((spec, ""));
+            if !spec.contains('/') {
+                ctx.run
+                    .note("restoring the contents of the snapshot (as SNAPSHOT/ would)");
+            }
+            PathBuf::from(format!("{}/{snap}/{rest}", fs.display()))
+        };
+        if !ctx.run.is_dry() && std::fs::symlink_metadata(&src).is_err() {
+            return Err(fail(
+                Code::Config,
+                format!("{spec}: no such path in the snapshot"),
+            ));
+        }
+        // The check's reference is found before anything is copied: a restore that could not be
+        // checked is refused up front (exit 7) unless --unchecked.
+        let want = if let (false, Some(snapshots::Spec { stamp, rest })) =
+            (ctx.run.is_dry(), parsed)
+        {
+            let m = load_manifest(fs, &stamp).and_then(|m| {
+                let want = snapshots::restore_subset(&m, rest);
+                if want.is_empty() && holds_regular_file(&src) {
+                    return Err(fail(
+                        Code::Unchecked,
+                        format!(
+                            "snapshot {stamp}'s manifest lists no file of {spec}, which holds files: it cannot be checked"
+                        ),
+                    ));
+                }
+                Ok((stamp, want))
+            });
+            match m {
+                Ok(m) => Some(m),
+                Err(e) if unchecked => {
+                    eprintln!("warning: {e:#}; restoring without a check (--unchecked)");
+                    None
+                }
+                Err(e) => {
+                    return Err(fail(
+                        Code::Unchecked,
+                        format!(
+                        "{e:#}; nothing restored (pass --unchecked to restore it without a check)"
+                    ),
+                    ))
+                }
+            }
+        } else {
+            None
+        };
+        ctx.run
+            .run_streaming(&snapshots::rsync_restore(&src, target), progress_reporter())?;
+        finish_progress();
+        if ctx.run.is_dry() {
+            ctx.run.note("a real run then hashes the restored files and compares them with the snapshot's manifest");
+        }
+        if let Some((stamp, want)) = want {
+            check_restored(ctx, &stamp, want, target)?;
+        }
+        Ok(Some(PathBuf::from(target)))
+    })
+}
+
+/// After a restore, hash the restored files (on the client, where they now are) and compare them
+/// with the snapshot's manifest (`want`: the restored part). dm-crypt has no integrity: a block the
+/// server garbled decrypts to garbage that rsync would copy without complaint; this is where it is
+/// caught.
+pub(crate) fn check_restored(
+    ctx: &Ctx,
+    stamp: &str,
+    mut want: snapshots::Manifest,
+    target: &str,
+) -> Result<()> {
+    let run = &ctx.run;
+    let mut dir = PathBuf::from(target);
+    // One file restored to a name that is not a directory: rsync wrote it as TARGET itself.
+    if want.len() == 1 && !dir.is_dir() {
+        use std::os::unix::ffi::OsStrExt;
+        let sum = want.into_values().next().unwrap_or_default();
+        let name = dir
+            .file_name()
+            .map(|n| n.as_bytes().to_vec())
+            .unwrap_or_default();
+        dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+        want = snapshots::Manifest::from([([b"./".as_slice(), &name].concat(), sum)]);
+    }
+    if want.is_empty() {
+        eprintln!("snapshot {stamp}: the restored part holds no regular file; nothing to check");
+        return Ok(());
+    }
+    let (list, out) = (
+        ctx.paths.dir.join("restore.todo"),
+        ctx.paths.dir.join("restore.sha256"),
+    );
+    // A restored file that cannot be read is counted below as a mismatch.
+    let names: Vec<Vec<u8>> = want.keys().cloned().collect();
+    let have = hash_listed(run, &dir, &names, &list, &out, true)?;
+    let d = snapshots::compare(&want, &have);
+    let bad: Vec<&Vec<u8>> = d.changed.iter().chain(&d.missing).collect();
+    for n in &bad {
+        let n = snapshots::show_name(n);
+        eprintln!(
+            "does not match the manifest: {}/{}",
+            dir.display(),
+            n.trim_start_matches("./")
+        );
+    }
+    if bad.is_empty() {
+        eprintln!(
+            "checked {} restored files against the manifest of {stamp}",
+            want.len()
+        );
+        return Ok(());
+    }
+    Err(fail(
+        Code::Runtime,
+        format!(
+            "{} of {} restored files differ from snapshot {stamp}'s manifest: the server's copy is damaged; they are left in {target} for inspection, restore them from an older snapshot",
+            bad.len(),
+            want.len()
+        ),
+    ))
+}

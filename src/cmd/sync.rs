@@ -1,0 +1,309 @@
+//! e2e-sync: one snapshot under the publish order (its other modes: list, restore, verify).
+
+use crate::cli::SyncCli;
+use crate::config::Job;
+use crate::error::{fail, Code};
+use crate::exec::Cmd;
+use crate::filesystem as fsys;
+use crate::manifest::write_manifest;
+use crate::progress::{finish_progress, notify_status, progress_reporter};
+use crate::rollback;
+use crate::snapshots::{self, INFLIGHT, PRUNING};
+use crate::stack::grow::auto_grow;
+use crate::stack::{lock, with_stack, Ctx};
+use crate::timefmt;
+use anyhow::Result;
+use std::path::PathBuf;
+
+pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
+    let ctx = Ctx::new(&cli.common)?;
+    let job = ctx.job()?;
+    let _lock = lock(&ctx)?;
+    ctx.accept_rollback.set(cli.accept_rollback);
+    if let Some(r) = &cli.restore {
+        return super::restore::restore(&ctx, &job, &r[0], &r[1], cli.unchecked);
+    }
+    if let Some(snap) = &cli.verify {
+        return super::verify::verify(&ctx, &job, snap);
+    }
+    if cli.list {
+        return super::list::list(&ctx, &job);
+    }
+    if job.sync.paths.is_empty() {
+        return Err(fail(
+            Code::Config,
+            format!(
+                "{}: sync.paths: required but not set (or give --source PATH)",
+                job.origin
+            ),
+        ));
+    }
+    let mut job = job;
+    job.container.create |= cli.create;
+    with_stack(&ctx, &job, false, |stack| {
+        if !cli.no_grow {
+            auto_grow(&ctx, &job, stack)?;
+        }
+        let published = backup(&ctx, &job)?;
+        let dest = published.dest.clone();
+        if !ctx.run.is_dry() {
+            // 5. of the publish order: the client records the snapshot before anything is pruned.
+            let state = rollback::State {
+                stamp: published.stamp.clone(),
+                manifest_sha256: ctx.manifest_digest(&published.stamp)?,
+                luks_uuid: ctx.luks_uuid(&job)?,
+            };
+            let file = rollback::state_file(&job.name);
+            rollback::remember(&file, &state).map_err(|e| {
+                fail(
+                    Code::Runtime,
+                    format!(
+                        "snapshot {} made, but recording it in {} failed (nothing pruned): {e:#}",
+                        dest.display(),
+                        file.display()
+                    ),
+                )
+            })?;
+        }
+        if !cli.no_prune && ctx.consistent.get() {
+            prune(&ctx, &job, &published)?;
+        }
+        notify_status(&format!("snapshot {} done", dest.display()));
+        Ok(Some(dest))
+    })
+}
+
+/// What [`backup`] published: the new snapshot and the snapshots that were there before it.
+struct Published {
+    dest: PathBuf,
+    stamp: String,
+    now: i64,
+    before: Vec<(String, i64)>,
+}
+
+/// The publish order. Nothing that points at a snapshot may become durable before the snapshot's
+/// data and manifest (rsync does not fsync; ext4 commits metadata every 5 s, data later), so:
+///
+/// 1. rsync into `<stamp>.inflight`, write `manifests/<stamp>.sha256`;
+/// 2. flush (syncfs): the data and the manifest are on the server;
+/// 3. rename `<stamp>.inflight` → `<stamp>`, then `latest.tmp` → `latest`;
+/// 4. flush: the snapshot and `latest` are durable;
+/// 5. (caller) record {stamp, manifest hash, LUKS UUID} on the client;
+/// 6. (caller, [`prune`]) only then delete old snapshots, and flush again.
+///
+/// A cut before 4 leaves the previous `latest` and every older snapshot as they were; a cut after it
+/// leaves a complete new snapshot. Before rsync and before each rename the run checks that `fs/` is
+/// still the container's filesystem (an `e2e-close --force` or a lost mount must not turn the rest of
+/// the run into plaintext writes to the client's /run).
+fn backup(ctx: &Ctx, job: &Job) -> Result<Published> {
+    let run = &ctx.run;
+    let fs = ctx.paths.fs.as_path();
+    let snaps = fs.join("snapshots");
+    let (stamps, leftovers) = snapshots::scan(fs);
+    ctx.assert_container_mounted()?;
+    // A crashed run's .inflight is incomplete: never a link-dest, always removed; a crashed prune's
+    // .prune was already on its way out.
+    for l in &leftovers {
+        run.run(&Cmd::new("rm").arg("-rf").arg(snaps.join(l)))?;
+        if let Some(s) = l.strip_suffix(INFLIGHT) {
+            let m = snapshots::manifest_path(fs, s);
+            for ext in ["sha256.tmp", "todo.tmp", "part.tmp"] {
+                run.run(&Cmd::new("rm").arg("-f").arg(m.with_extension(ext)))?;
+            }
+        } else if let Some(s) = l.strip_suffix(PRUNING) {
+            run.run(
+                &Cmd::new("rm")
+                    .arg("-f")
+                    .arg(snapshots::manifest_path(fs, s)),
+            )?;
+        }
+    }
+    run.run(
+        &Cmd::new("install")
+            .args(["-d", "-m", "0700"])
+            .arg(&snaps)
+            .arg(fs.join("logs"))
+            .arg(fs.join(snapshots::MANIFESTS)),
+    )?;
+    let mut now = timefmt::now();
+    while stamps.iter().any(|s| s.1 == now) {
+        now += 1; // two runs within one second
+    }
+    let stamp = timefmt::format_stamp(now);
+    let link = snapshots::latest(fs).or_else(|| stamps.last().map(|s| s.0.clone()));
+    if run.is_dry() && !ctx.fs_mounted() {
+        run.note("the container is not open yet, so no --link-dest and no pruning are shown");
+    }
+    let cmd = snapshots::rsync_backup(&job.sync, fs, &stamp, link.as_deref());
+    let out = run.run_streaming(&cmd, progress_reporter())?;
+    finish_progress();
+    if out.code == 24 {
+        eprintln!("note: some files vanished during the transfer (rsync exit 24); snapshot kept");
+    }
+    // 1. The checksum manifest (inside the container) is complete before the snapshot is: a snapshot
+    // never exists without one. A read error here fails the run; the .inflight goes next run.
+    write_manifest(run, fs, &stamp, link.as_deref())?;
+    // 2.
+    run.note("publish order: flush data and manifest before anything points at them");
+    run.run(&fsys::sync_fs(fs))?;
+    // 3.
+    let dest = snaps.join(&stamp);
+    ctx.assert_container_mounted()?;
+    run.run(
+        &Cmd::new("mv")
+            .arg("-T")
+            .arg(snaps.join(format!("{stamp}{INFLIGHT}")))
+            .arg(&dest),
+    )?;
+    // `latest` moves atomically: a symlink beside it, then renamed over.
+    let tmp = fs.join("latest.tmp");
+    run.run(
+        &Cmd::new("ln")
+            .arg("-sfn")
+            .arg(format!("snapshots/{stamp}"))
+            .arg(&tmp),
+    )?;
+    ctx.assert_container_mounted()?;
+    run.run(&Cmd::new("mv").arg("-T").arg(&tmp).arg(fs.join("latest")))?;
+    // 4.
+    run.run(&fsys::sync_fs(fs))?;
+    Ok(Published {
+        dest,
+        stamp,
+        now,
+        before: stamps,
+    })
+}
+
+/// Step 6 of the publish order: delete the snapshots retention no longer keeps, once the new one is
+/// durable and recorded. Each goes by rename to `.prune` first (a cut mid-`rm` leaves a name the next
+/// run recognises and finishes), then one flush for all.
+fn prune(ctx: &Ctx, job: &Job, p: &Published) -> Result<()> {
+    let run = &ctx.run;
+    let fs = ctx.paths.fs.as_path();
+    let snaps = fs.join("snapshots");
+    if let Some(newest) = p.before.iter().map(|s| s.1).max() {
+        // A clock behind the newest snapshot makes "days ago" meaningless: keep everything.
+        if timefmt::now() < newest {
+            eprintln!(
+                "warning: this host's clock ({}) is earlier than the newest snapshot ({}): not pruning until it is right",
+                timefmt::format_stamp(timefmt::now()),
+                timefmt::format_stamp(newest)
+            );
+            return Ok(());
+        }
+    }
+    let mut all = p.before.clone();
+    all.push((p.stamp.clone(), p.now));
+    let keep = snapshots::select_keep(&all, &job.retention);
+    let doomed: Vec<&String> = all
+        .iter()
+        .map(|s| &s.0)
+        .filter(|s| !keep.contains(*s) && **s != p.stamp)
+        .collect();
+    for s in &doomed {
+        let d = snaps.join(format!("{s}{PRUNING}"));
+        ctx.assert_container_mounted()?;
+        run.run(&Cmd::new("mv").arg("-T").arg(snaps.join(s)).arg(&d))?;
+        run.run(&Cmd::new("rm").arg("-rf").arg(&d))?;
+        run.run(
+            &Cmd::new("rm")
+                .arg("-f")
+                .arg(snapshots::manifest_path(fs, s)),
+        )?;
+    }
+    if !doomed.is_empty() {
+        run.run(&fsys::sync_fs(fs))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Common;
+    use crate::config::Overrides;
+    use crate::exec::Runner;
+
+    /// The dry-run of a create + sync on a host where nothing of the job exists: a complete
+    /// script, in order, that `sh -n` accepts.
+    #[test]
+    fn dry_run_create_and_sync_is_a_script() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("e2e-ops-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("k");
+        std::fs::write(&key, [1u8; 32]).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let common = Common {
+            job: "e2e-unit-test-job".into(),
+            config: None,
+            config_dir: Some(dir.clone()),
+            dry_run: true,
+            verbose: false,
+            overrides: Overrides {
+                host: Some("srv".into()),
+                user: Some("u".into()),
+                remote_path: Some("/srv/b".into()),
+                identity_file: Some("/id".into()),
+                known_hosts: Some("/kh".into()),
+                size: Some("1G".into()),
+                key_file: Some(key.clone()),
+                sources: vec!["/home".into()],
+                ..Overrides::default()
+            },
+        };
+        let ctx = Ctx::with_runner(&common, Runner::buffered()).unwrap();
+        let mut job = ctx.job().unwrap();
+        job.container.create = true;
+        with_stack(&ctx, &job, false, |_| backup(&ctx, &job)).unwrap();
+        let script = ctx.run.script();
+        let text = script.join("\n");
+        let run = "/run/e2e-backup/e2e-unit-test-job";
+        let file = format!("{run}/remote/e2e-unit-test-job.luks");
+        let building = format!("{run}/remote/.e2e-unit-test-job.luks.creating");
+        let k = key.display();
+        let expect_in_order = [
+            "set -e".to_string(),
+            format!("install -d -m 0700 {run} {run}/remote {run}/fs"),
+            format!("sshfs u@srv:/srv/b {run}/remote -F /dev/null -o allow_other"),
+            format!("test '!' -e {file}"),
+            format!("test '!' -L {file}"),
+            format!("sh -c 'set -C && : >\"$1\"' e2e-create {building}"),
+            format!("truncate -s 1073741824 {building}"),
+            format!("loop=$(losetup -f --show --direct-io=on {building})"),
+            format!("cryptsetup luksFormat --type luks2 --batch-mode --key-file {k} --sector-size 4096 \"$loop\""),
+            format!("cryptsetup open --key-file {k} \"$loop\" e2e-e2e-unit-test-job"),
+            "mkfs.ext4 -q -m0".to_string(),
+            format!("mv -T {building} {file}"),
+            format!("mount -t ext4 -o rw,nosuid,nodev,noinit_itable,errors=remount-ro,data_err=abort /dev/mapper/e2e-e2e-unit-test-job {run}/fs"),
+            "rsync -aHAX --numeric-ids --delete --delete-excluded".to_string(),
+            // The publish order: flush, rename, latest, flush.
+            format!("sync -f {run}/fs"),
+            format!("mv -T {run}/fs/snapshots/"),
+            format!("mv -T {run}/fs/latest.tmp {run}/fs/latest"),
+            format!("sync -f {run}/fs"),
+            format!("umount {run}/fs"),
+            "cryptsetup close e2e-e2e-unit-test-job".to_string(),
+            "losetup -d \"$loop\"".to_string(),
+            format!("-u {run}/remote"),
+        ];
+        assert!(text.contains("--exclude=/run/e2e-backup/ "), "{text}");
+        let mut at = 0;
+        for e in &expect_in_order {
+            let i = script[at..]
+                .iter()
+                .position(|l| l.contains(e.as_str()))
+                .unwrap_or_else(|| panic!("{e:?} not found after line {at} in:\n{text}"));
+            at += i + 1;
+        }
+        let sh = std::process::Command::new("sh")
+            .arg("-n")
+            .arg("-c")
+            .arg(&text)
+            .status()
+            .unwrap();
+        assert!(sh.success(), "sh -n rejects:\n{text}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

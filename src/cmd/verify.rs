@@ -1,0 +1,93 @@
+//! e2e-sync --verify: re-read a snapshot and compare it with its manifest.
+
+use crate::config::Job;
+use crate::error::{fail, Code};
+use crate::manifest::{holds_regular_file, load_manifest};
+use crate::snapshots;
+use crate::stack::{with_stack, Ctx};
+use anyhow::Result;
+use std::path::PathBuf;
+
+/// `e2e-sync --verify SNAPSHOT`: read-only open, re-checksum the snapshot into the client's run
+/// directory (never the server), compare with the manifest written when it was made.
+pub(crate) fn verify(ctx: &Ctx, job: &Job, spec: &str) -> Result<Option<PathBuf>> {
+    with_stack(ctx, job, true, |_| {
+        let fs = ctx.paths.fs.as_path();
+        if ctx.run.is_dry() && !ctx.fs_mounted() {
+            ctx.run
+                .note("the container is not open yet: the snapshot and its manifest are not shown");
+            return Ok(None);
+        }
+        let stamp = match snapshots::parse_spec(fs, spec.trim_end_matches('/'))? {
+            snapshots::Spec { stamp, rest: "" } => stamp,
+            _ => {
+                return Err(fail(
+                    Code::Config,
+                    format!("{spec:?} is not a snapshot: --verify takes `latest` or a stamp, no path (see e2e-sync --list)"),
+                ))
+            }
+        };
+        let dir = fs.join("snapshots").join(&stamp);
+        if !ctx.run.is_dry() && !dir.is_dir() {
+            return Err(fail(Code::Config, format!("{stamp}: no such snapshot")));
+        }
+        let want = if ctx.run.is_dry() {
+            None
+        } else {
+            let m = load_manifest(fs, &stamp)?;
+            if m.is_empty() && holds_regular_file(&dir) {
+                return Err(fail(
+                    Code::Unchecked,
+                    format!("snapshot {stamp}'s manifest is empty, but the snapshot holds files: it cannot be checked"),
+                ));
+            }
+            Some(m)
+        };
+        let now = ctx.paths.dir.join("verify.sha256");
+        // 123: sha256sum could not read some file: reported below, not a crash of the check.
+        let out = ctx
+            .run
+            .run(&snapshots::checksum_cmd(&dir, &now).ok_code(123).ok_code(1))?;
+        let Some(want) = want else {
+            return Ok(None);
+        };
+        let have = std::fs::read(&now);
+        let _ = std::fs::remove_file(&now);
+        let have = snapshots::parse_manifest(&have?)
+            .map_err(|e| fail(Code::Runtime, format!("re-reading {stamp}: {e}")))?;
+        let unreadable: Vec<&str> = out
+            .stderr
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        let d = snapshots::compare(&want, &have);
+        for (what, names) in [
+            ("changed", &d.changed),
+            ("missing", &d.missing),
+            ("extra", &d.extra),
+        ] {
+            for n in names {
+                eprintln!("{what}: {}", snapshots::show_name(n));
+            }
+        }
+        for l in &unreadable {
+            eprintln!("read error: {l}");
+        }
+        if d.is_empty() && unreadable.is_empty() {
+            eprintln!("verified {stamp}: {} files match its manifest", want.len());
+            return Ok(Some(dir));
+        }
+        Err(fail(
+            Code::Runtime,
+            format!(
+                "snapshot {stamp} does not match its manifest: {} changed, {} missing, {} extra, {} read errors (of {} files)",
+                d.changed.len(),
+                d.missing.len(),
+                d.extra.len(),
+                unreadable.len(),
+                want.len()
+            ),
+        ))
+    })
+}

@@ -1,0 +1,62 @@
+//! Naming the real cause of a failed step: a lost link or a full server, not the failed read.
+
+use super::Ctx;
+use crate::error::{code_of, fail, Code};
+use crate::remote;
+use crate::snapshots::human;
+use std::time::Duration;
+
+/// Below this much free space on the server after a failed write, the failure is "server full".
+pub(crate) const SERVER_FULL_BELOW: u64 = 16 << 20;
+
+/// A step that failed because the link or sshfs died must say so, not what its failed read or write
+/// would have meant ("not a LUKS container", "short read", "No such file" send a user hunting for
+/// damage). Candidates: runtime failures, and `isLuks`'s refusal (`refused`); sshfs decides by
+/// whether it is still mounted and answers a statfs. With the link fine, a server with almost no free
+/// space left is named as the cause (exit 6).
+pub(crate) fn explain_lost_link(
+    ctx: &Ctx,
+    host: &str,
+    e: anyhow::Error,
+    refused: bool,
+) -> anyhow::Error {
+    let candidate = match code_of(&e) {
+        Code::Runtime => true,
+        Code::Refused => refused,
+        _ => false,
+    };
+    // libfuse detaches the mount (lazily) when sshfs exits on a dead link, so "no longer mounted"
+    // counts as lost too, once this run had seen it mounted.
+    let lost = ctx.remote_seen.get()
+        && (!remote::is_mounted(&ctx.paths)
+            || !remote::responsive(&ctx.paths, Duration::from_secs(15)));
+    if !candidate || ctx.run.is_dry() {
+        return e;
+    }
+    if !lost {
+        // Writes into the sparse container fail (EIO under ext4) when the server's disk fills up.
+        let free = ctx
+            .remote_seen
+            .get()
+            .then(|| remote::server_free(&ctx.paths).ok())
+            .flatten();
+        return match free {
+            Some(f) if f < SERVER_FULL_BELOW => fail(
+                Code::NoSpace,
+                format!("the server's filesystem is full ({} free) ({e:#}): free space on {host}, then run again; earlier snapshots are not affected", human(f)),
+            ),
+            _ => e,
+        };
+    }
+    // This run gives up on the link: its connection must never write again (see remote::fence).
+    {
+        let _cleanup = ctx.run.unwinding();
+        if let Err(f) = remote::fence(&ctx.run, &ctx.paths, ctx.port.get()) {
+            eprintln!("warning: fencing the dead connection failed: {f:#}");
+        }
+    }
+    fail(
+        Code::Remote,
+        format!("lost the connection to {host} ({e:#}): check the network, then run again; earlier snapshots are not affected"),
+    )
+}

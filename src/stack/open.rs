@@ -1,0 +1,288 @@
+//! Bring-up: sshfs → container file → loop → LUKS → (overlay) → ext4, each step's undo recorded.
+
+use super::{Ctx, Stack, Undo};
+use crate::config::Job;
+use crate::container::{self as ct, OpenOpts};
+use crate::error::{fail, Code};
+use crate::exec::{Arg, Cmd};
+use crate::filesystem as fsys;
+use crate::paths::{dm_slaves, loops_backed_by, mount_at};
+use crate::remote;
+use crate::stack::lost_link::explain_lost_link;
+use anyhow::Result;
+use std::path::Path;
+
+/// Bring the stack up to a mounted filesystem (idempotent), creating the container if allowed.
+pub fn ensure_open(ctx: &Ctx, job: &Job, create: bool, read_only: bool) -> Result<Stack> {
+    open_stack(ctx, job, create, read_only)
+        .map_err(|e| explain_lost_link(ctx, &job.remote.host, e, false))
+}
+
+pub(crate) fn open_stack(ctx: &Ctx, job: &Job, create: bool, read_only: bool) -> Result<Stack> {
+    let p = &ctx.paths;
+    let run = &ctx.run;
+    let file = ctx.container_file(job);
+    let existing_loop = || {
+        loops_backed_by(&file, false)
+            .into_iter()
+            .next()
+            .map(|l| Arg::from(&l))
+    };
+    let size_now = || std::fs::symlink_metadata(&file).ok().map(|m| m.len());
+    if let Some(m) = mount_at(&p.fs) {
+        let ro = m.options.split(',').any(|o| o == "ro");
+        if ro && !read_only {
+            return Err(fail(
+                Code::Runtime,
+                format!(
+                    "{} is mounted read-only (a restore, or ext4 remounted it after an I/O error): run e2e-close {} and retry",
+                    p.fs.display(),
+                    job.name
+                ),
+            ));
+        }
+        return Ok(Stack {
+            mounted_remote: false,
+            opened: false,
+            overlay: None,
+            loop_dev: existing_loop(),
+            size: size_now(),
+        });
+    }
+    let key = job.key_file()?; // before touching anything
+    let mounted_remote = remote::mount(run, &job.remote, p)?;
+    ctx.remote_seen.set(true);
+    // A dry-run cannot look inside a remote it has not really mounted.
+    let blind = run.is_dry() && mounted_remote;
+    let mut undo = Undo::new(run);
+    if mounted_remote {
+        undo.push(Cmd::new(remote::fusermount()).arg("-u").arg(&p.remote));
+    }
+    let dev = p.dm_dev.as_path();
+    let exists = if blind {
+        !create
+    } else {
+        container_exists(&file)?
+    };
+    let mut created = false;
+    let mut stack = Stack {
+        mounted_remote,
+        opened: true,
+        overlay: None,
+        loop_dev: None,
+        size: if blind { None } else { size_now() },
+    };
+
+    if dm_slaves(&p.dm_name).is_some() {
+        // Half-open from an earlier run: the mapping is there, only fsck + mount are missing.
+        stack.loop_dev = existing_loop();
+    } else if !exists {
+        if !create {
+            return Err(fail(
+                Code::Config,
+                format!(
+                    "container {} does not exist: run e2e-open --create {} (or set container.create = true in {})",
+                    file.display(),
+                    job.name,
+                    job.origin
+                ),
+            ));
+        }
+        if read_only {
+            return Err(fail(
+                Code::Config,
+                "cannot create a container with --read-only",
+            ));
+        }
+        let size = job.container.size.ok_or_else(|| {
+            fail(
+                Code::Config,
+                format!(
+                    "{}: container.size: required to create the container",
+                    job.origin
+                ),
+            )
+        })?;
+        if blind {
+            run.note("the remote is not mounted yet, so this script guards against an existing container:");
+            run.run(&Cmd::new("test").arg("!").arg("-e").arg(&file))?;
+            run.run(&Cmd::new("test").arg("!").arg("-L").arg(&file))?;
+        }
+        // Built under a temporary name and renamed into place once formatted: an interrupted
+        // creation leaves only that name, which the next creation removes.
+        let building = ct::building_name(&file);
+        if std::fs::symlink_metadata(&building).is_ok() {
+            eprintln!(
+                "note: removing {}, left by an interrupted creation",
+                building.display()
+            );
+            run.run(&Cmd::new("rm").arg("-f").arg(&building))?;
+        }
+        run.run(&ct::create_exclusive(&building))?;
+        undo.push(Cmd::new("rm").arg("-f").arg(&building));
+        run.run(&ct::truncate(&building, size))?;
+        let lp = run.capture(&ct::losetup_attach(&building, false), "loop")?;
+        undo.push(ct::losetup_detach(&lp));
+        run.run(&ct::luks_format(&lp, &key, ct::test_pbkdf()))?;
+        run.run(&ct::luks_open(
+            &lp,
+            &key,
+            &p.dm_name,
+            &OpenOpts {
+                read_only: false,
+                allow_discards: false,
+            },
+        ))?;
+        undo.push(ct::luks_close(&p.dm_name));
+        run.run(&fsys::mkfs(dev, &p.dm_name))?;
+        if !blind && container_exists(&file)? {
+            return Err(fail(
+                Code::Refused,
+                format!(
+                    "{} appeared on the server while this run created the container: another host creates it too; nothing replaced",
+                    file.display()
+                ),
+            ));
+        }
+        // Renamed while attached: the loop device keeps the open file under its new name.
+        run.run(&Cmd::new("mv").arg("-T").arg(&building).arg(&file))?;
+        stack.loop_dev = Some(lp);
+        stack.size = Some(size);
+        created = true;
+    } else {
+        if !blind {
+            check_access(&file, &job.remote.user, false)?;
+        }
+        run.run(&ct::is_luks(&file))
+            .map_err(|e| explain_lost_link(ctx, &job.remote.host, e, true))?;
+        if !read_only && !blind {
+            check_access(&file, &job.remote.user, true)?;
+        }
+        let lp = match existing_loop() {
+            Some(l) => l,
+            None => {
+                let l = run.capture(&ct::losetup_attach(&file, read_only), "loop")?;
+                undo.push(ct::losetup_detach(&l));
+                l
+            }
+        };
+        // No separate key test first: a wrong key fails here, and the undo detaches the loop.
+        let shown = file.display().to_string();
+        let opts = OpenOpts {
+            read_only,
+            allow_discards: false,
+        };
+        run.run(
+            &ct::luks_open(&lp, &key, &p.dm_name, &opts)
+                .on_fail(move |rc, _| (rc == 2).then(|| ct::wrong_key(&shown))),
+        )?;
+        undo.push(ct::luks_close(&p.dm_name));
+        stack.loop_dev = Some(lp);
+    }
+    // A filesystem mkfs just made needs no check (and the check would cost another MMP wait).
+    if !read_only && !created {
+        fsys::check(run, dev)?;
+    }
+    let mut mount_dev = dev.to_path_buf();
+    if read_only {
+        if let Some(cow) = open_overlay(ctx, &mut undo)? {
+            stack.overlay = Some(cow);
+            mount_dev = p.overlay_dev.clone();
+        }
+    }
+    run.run(&fsys::mount(&mount_dev, &p.fs, read_only))
+        .map_err(|e| fsys::name_mmp_holder(run, dev, e))?;
+    undo.done();
+    Ok(stack)
+}
+
+/// A read-only open of a container whose journal needs recovery (a run cut off, a crash): the
+/// read-only device cannot take the replay, so a device-mapper snapshot over the LUKS mapping takes
+/// it instead, into a copy-on-write file in the client's 0700 run directory. The server's file is
+/// never written; the replayed blocks (plaintext) stay in client memory (/run) until the close.
+/// Returns the copy-on-write loop device, or `None` when the journal is clean (no overlay).
+pub(crate) fn open_overlay(ctx: &Ctx, undo: &mut Undo) -> Result<Option<Arg>> {
+    let (run, p) = (&ctx.run, &ctx.paths);
+    let dev = p.dm_dev.as_path();
+    let Some(sb) = run.query(&fsys::superblock(dev))? else {
+        run.note(
+            "a real run mounts through a local copy-on-write overlay if the journal needs recovery",
+        );
+        return Ok(None);
+    };
+    if !fsys::needs_recovery(&sb) {
+        return Ok(None);
+    }
+    eprintln!(
+        "note: the container's journal needs recovery (it was not closed cleanly): replaying it into a local overlay ({}); the server's copy is not written",
+        p.cow.display()
+    );
+    let sectors: u64 = run
+        .query(&Cmd::new("blockdev").arg("--getsz").arg(dev))?
+        .and_then(|o| o.trim().parse().ok())
+        .ok_or_else(|| {
+            fail(
+                Code::Runtime,
+                format!("blockdev --getsz {}: no size", dev.display()),
+            )
+        })?;
+    // Sparse, as large as the container: dm-snapshot drops a snapshot whose store fills up, and
+    // tmpfs only holds what is written (the journal's replay: at most the journal's size).
+    run.run(&ct::truncate(&p.cow, sectors * 512))?;
+    undo.push(Cmd::new("rm").arg("-f").arg(&p.cow));
+    let cow = run.capture(&ct::losetup_local(&p.cow), "cow")?;
+    undo.push(ct::losetup_detach(&cow));
+    run.run(&ct::overlay_create(&p.overlay_name, dev, sectors, &cow))?;
+    undo.push(ct::overlay_remove(&p.overlay_name));
+    Ok(Some(cow))
+}
+
+/// Whether the container file is there, judged without following a symlink: a symlink on the server
+/// would resolve on the client (sshfs shows it as is), so truncate + luksFormat could hit a client
+/// file. Any error but "not found" is an error, never "absent, so create".
+pub(crate) fn container_exists(file: &Path) -> Result<bool> {
+    match std::fs::symlink_metadata(file) {
+        Ok(m) if m.file_type().is_file() => Ok(true),
+        Ok(m) if m.file_type().is_symlink() => Err(fail(
+            Code::Refused,
+            format!(
+                "container {} is a symbolic link on the server: refused (it would resolve on this client); on the server, put the container file itself there",
+                file.display()
+            ),
+        )),
+        Ok(_) => Err(fail(
+            Code::Refused,
+            format!(
+                "container {} is not a regular file on the server: refused",
+                file.display()
+            ),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(fail(
+            Code::Runtime,
+            format!(
+                "cannot tell whether container {} exists ({e}): nothing created",
+                file.display()
+            ),
+        )),
+    }
+}
+
+/// Refuse a container the server account cannot read or write (handed back owned by another user,
+/// say) with a line that says so: otherwise isLuks reports "not a LUKS container", or losetup quietly
+/// attaches it read-only and fsck fails later with "Operation not permitted". Opening the file through
+/// sshfs asks the server and changes nothing.
+pub(crate) fn check_access(file: &Path, user: &str, write: bool) -> Result<()> {
+    let how = if write { "writable" } else { "readable" };
+    match std::fs::OpenOptions::new().read(!write).write(write).open(file) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(fail(
+            Code::Refused,
+            format!(
+                "container {} is not {how} by the server account {user} ({e}): on the server, give it back to that account (chown and chmod 600)",
+                file.display()
+            ),
+        )),
+        // Anything else (a lost link, say) is for the steps that follow to report.
+        _ => Ok(()),
+    }
+}
