@@ -14,6 +14,7 @@ pub mod paths;
 pub mod progress;
 pub mod remote;
 pub mod rollback;
+pub mod size;
 pub mod snapshots;
 pub mod stack;
 pub mod timefmt;

@@ -1,6 +1,6 @@
 //! What a run tells its user: results on stdout, progress on a TTY, status to systemd.
 
-use crate::snapshots;
+use crate::size::human;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,7 @@ pub(crate) fn progress_reporter() -> impl FnMut(&str) {
     let notify = std::env::var_os("NOTIFY_SOCKET").is_some();
     let mut last = Instant::now() - Duration::from_secs(10);
     move |line: &str| {
-        let Some(status) = snapshots::parse_progress(line) else {
+        let Some(status) = parse_progress(line) else {
             return;
         };
         if tty {
@@ -40,5 +40,38 @@ pub(crate) fn notify_status(status: &str) {
 pub(crate) fn finish_progress() {
     if std::io::stderr().is_terminal() {
         eprintln!();
+    }
+}
+
+/// rsync `--info=progress2` line → a short status, e.g. `45% of 1.23G, 12.34MB/s, 0:00:12 left`.
+pub fn parse_progress(line: &str) -> Option<String> {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    if f.len() < 4 || !f[1].ends_with('%') || !f[0].chars().all(|c| c.is_ascii_digit() || c == ',')
+    {
+        return None;
+    }
+    let done: u64 = f[0].replace(',', "").parse().ok()?;
+    Some(format!(
+        "{} {} copied, {}, eta {}",
+        f[1],
+        human(done),
+        f[2],
+        f[3]
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_lines() {
+        assert_eq!(
+            parse_progress("    1,234,567,890  45%   12.34MB/s    0:00:12 (xfr#5, to-chk=10/20)")
+                .as_deref(),
+            Some("45% 1.1 GiB copied, 12.34MB/s, eta 0:00:12")
+        );
+        assert_eq!(parse_progress("Number of files: 2 (reg: 1, dir: 1)"), None);
+        assert_eq!(parse_progress(""), None);
     }
 }

@@ -4,7 +4,8 @@
 //! job is written to `<job>.resolved` as `key=value` lines for nix/check to compare with the
 //! module's settings. Without the variable the test checks nothing (it is nix/check's helper).
 
-use e2e_backup::config::{self, Overrides, SizeSpec};
+use e2e_backup::config::{self, Overrides};
+use e2e_backup::size::SizeSpec;
 use std::fmt::Write;
 
 fn spec(s: SizeSpec) -> String {

@@ -98,10 +98,10 @@ fn hand_written_pages_exist() {
 }
 
 /// e2e-backup.toml(5) documents every key the parser accepts: the fields of the raw structs in
-/// src/config.rs (serde names = field names there).
+/// src/config/file.rs (serde names = field names there).
 #[test]
 fn job_file_page_covers_every_key() {
-    let src = std::fs::read_to_string(root().join("src/config.rs")).unwrap();
+    let src = std::fs::read_to_string(root().join("src/config/file.rs")).unwrap();
     let page = std::fs::read_to_string(root().join("man/e2e-backup.toml.5")).unwrap();
     let mut missing = Vec::new();
     for (st, section) in [
@@ -112,7 +112,7 @@ fn job_file_page_covers_every_key() {
     ] {
         let start = src
             .find(&format!("pub struct {st} {{"))
-            .unwrap_or_else(|| panic!("struct {st} not in src/config.rs"));
+            .unwrap_or_else(|| panic!("struct {st} not in src/config/file.rs"));
         let body = &src[start..start + src[start..].find("\n}").unwrap()];
         let keys: Vec<&str> = body
             .lines()

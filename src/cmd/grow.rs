@@ -1,9 +1,9 @@
 //! e2e-grow: grow the container by hand.
 
 use crate::cli::GrowCli;
-use crate::config::{self, parse_size_spec};
 use crate::error::{fail, Code};
-use crate::snapshots::human;
+use crate::size::human;
+use crate::size::{self, parse_size_spec};
 use crate::stack::grow::grow_to;
 use crate::stack::{lock, with_stack, Ctx};
 use anyhow::Result;
@@ -18,7 +18,7 @@ pub fn grow(cli: GrowCli) -> Result<Option<PathBuf>> {
     let to = cli
         .to
         .as_deref()
-        .map(config::parse_size)
+        .map(size::parse_size)
         .transpose()
         .map_err(|e| fail(Code::Config, format!("--to: {e}")))?;
     let by = cli

@@ -2,7 +2,7 @@
 
 use crate::config::Job;
 use crate::error::{fail, Code};
-use crate::manifest::{hash_listed, holds_regular_file, load_manifest};
+use crate::manifest::{self, hash_listed, holds_regular_file};
 use crate::progress::{finish_progress, progress_reporter};
 use crate::snapshots;
 use crate::stack::{with_stack, Ctx};
@@ -46,8 +46,8 @@ pub(crate) fn restore(
         let want = if let (false, Some(snapshots::Spec { stamp, rest })) =
             (ctx.run.is_dry(), parsed)
         {
-            let m = load_manifest(fs, &stamp).and_then(|m| {
-                let want = snapshots::restore_subset(&m, rest);
+            let m = manifest::load(fs, &stamp).and_then(|m| {
+                let want = manifest::restore_subset(&m, rest);
                 if want.is_empty() && holds_regular_file(&src) {
                     return Err(fail(
                         Code::Unchecked,
@@ -96,7 +96,7 @@ pub(crate) fn restore(
 pub(crate) fn check_restored(
     ctx: &Ctx,
     stamp: &str,
-    mut want: snapshots::Manifest,
+    mut want: manifest::Manifest,
     target: &str,
 ) -> Result<()> {
     let run = &ctx.run;
@@ -110,7 +110,7 @@ pub(crate) fn check_restored(
             .map(|n| n.as_bytes().to_vec())
             .unwrap_or_default();
         dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
-        want = snapshots::Manifest::from([([b"./".as_slice(), &name].concat(), sum)]);
+        want = manifest::Manifest::from([([b"./".as_slice(), &name].concat(), sum)]);
     }
     if want.is_empty() {
         eprintln!("snapshot {stamp}: the restored part holds no regular file; nothing to check");
@@ -123,10 +123,10 @@ pub(crate) fn check_restored(
     // A restored file that cannot be read is counted below as a mismatch.
     let names: Vec<Vec<u8>> = want.keys().cloned().collect();
     let have = hash_listed(run, &dir, &names, &list, &out, true)?;
-    let d = snapshots::compare(&want, &have);
+    let d = manifest::compare(&want, &have);
     let bad: Vec<&Vec<u8>> = d.changed.iter().chain(&d.missing).collect();
     for n in &bad {
-        let n = snapshots::show_name(n);
+        let n = manifest::show_name(n);
         eprintln!(
             "does not match the manifest: {}/{}",
             dir.display(),

@@ -5,7 +5,7 @@ use crate::config::Job;
 use crate::error::{fail, Code};
 use crate::exec::Cmd;
 use crate::filesystem as fsys;
-use crate::manifest::write_manifest;
+use crate::manifest;
 use crate::progress::{finish_progress, notify_status, progress_reporter};
 use crate::rollback;
 use crate::snapshots::{self, INFLIGHT, PRUNING};
@@ -106,16 +106,12 @@ fn backup(ctx: &Ctx, job: &Job) -> Result<Published> {
     for l in &leftovers {
         run.run(&Cmd::new("rm").arg("-rf").arg(snaps.join(l)))?;
         if let Some(s) = l.strip_suffix(INFLIGHT) {
-            let m = snapshots::manifest_path(fs, s);
+            let m = manifest::path(fs, s);
             for ext in ["sha256.tmp", "todo.tmp", "part.tmp"] {
                 run.run(&Cmd::new("rm").arg("-f").arg(m.with_extension(ext)))?;
             }
         } else if let Some(s) = l.strip_suffix(PRUNING) {
-            run.run(
-                &Cmd::new("rm")
-                    .arg("-f")
-                    .arg(snapshots::manifest_path(fs, s)),
-            )?;
+            run.run(&Cmd::new("rm").arg("-f").arg(manifest::path(fs, s)))?;
         }
     }
     run.run(
@@ -123,7 +119,7 @@ fn backup(ctx: &Ctx, job: &Job) -> Result<Published> {
             .args(["-d", "-m", "0700"])
             .arg(&snaps)
             .arg(fs.join("logs"))
-            .arg(fs.join(snapshots::MANIFESTS)),
+            .arg(fs.join(manifest::MANIFESTS)),
     )?;
     let mut now = timefmt::now();
     while stamps.iter().any(|s| s.1 == now) {
@@ -142,7 +138,7 @@ fn backup(ctx: &Ctx, job: &Job) -> Result<Published> {
     }
     // 1. The checksum manifest (inside the container) is complete before the snapshot is: a snapshot
     // never exists without one. A read error here fails the run; the .inflight goes next run.
-    write_manifest(run, fs, &stamp, link.as_deref())?;
+    manifest::write(run, fs, &stamp, link.as_deref())?;
     // 2.
     run.note("publish order: flush data and manifest before anything points at them");
     run.run(&fsys::sync_fs(fs))?;
@@ -206,11 +202,7 @@ fn prune(ctx: &Ctx, job: &Job, p: &Published) -> Result<()> {
         ctx.assert_container_mounted()?;
         run.run(&Cmd::new("mv").arg("-T").arg(snaps.join(s)).arg(&d))?;
         run.run(&Cmd::new("rm").arg("-rf").arg(&d))?;
-        run.run(
-            &Cmd::new("rm")
-                .arg("-f")
-                .arg(snapshots::manifest_path(fs, s)),
-        )?;
+        run.run(&Cmd::new("rm").arg("-f").arg(manifest::path(fs, s)))?;
     }
     if !doomed.is_empty() {
         run.run(&fsys::sync_fs(fs))?;

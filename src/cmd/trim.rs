@@ -7,7 +7,7 @@ use crate::exec::{Cmd, Runner};
 use crate::filesystem as fsys;
 use crate::paths::{dm_slaves, loops_backed_by};
 use crate::remote;
-use crate::snapshots::human;
+use crate::size::human;
 use crate::stack::{lock, Ctx, Undo};
 use anyhow::Result;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 
 use crate::config::Job;
 use crate::error::{fail, Code};
-use crate::manifest::{holds_regular_file, load_manifest};
+use crate::manifest::{self, holds_regular_file};
 use crate::snapshots;
 use crate::stack::{with_stack, Ctx};
 use anyhow::Result;
@@ -34,7 +34,7 @@ pub(crate) fn verify(ctx: &Ctx, job: &Job, spec: &str) -> Result<Option<PathBuf>
         let want = if ctx.run.is_dry() {
             None
         } else {
-            let m = load_manifest(fs, &stamp)?;
+            let m = manifest::load(fs, &stamp)?;
             if m.is_empty() && holds_regular_file(&dir) {
                 return Err(fail(
                     Code::Unchecked,
@@ -47,13 +47,13 @@ pub(crate) fn verify(ctx: &Ctx, job: &Job, spec: &str) -> Result<Option<PathBuf>
         // 123: sha256sum could not read some file: reported below, not a crash of the check.
         let out = ctx
             .run
-            .run(&snapshots::checksum_cmd(&dir, &now).ok_code(123).ok_code(1))?;
+            .run(&manifest::checksum_cmd(&dir, &now).ok_code(123).ok_code(1))?;
         let Some(want) = want else {
             return Ok(None);
         };
         let have = std::fs::read(&now);
         let _ = std::fs::remove_file(&now);
-        let have = snapshots::parse_manifest(&have?)
+        let have = manifest::parse(&have?)
             .map_err(|e| fail(Code::Runtime, format!("re-reading {stamp}: {e}")))?;
         let unreadable: Vec<&str> = out
             .stderr
@@ -61,14 +61,14 @@ pub(crate) fn verify(ctx: &Ctx, job: &Job, spec: &str) -> Result<Option<PathBuf>
             .map(str::trim)
             .filter(|l| !l.is_empty())
             .collect();
-        let d = snapshots::compare(&want, &have);
+        let d = manifest::compare(&want, &have);
         for (what, names) in [
             ("changed", &d.changed),
             ("missing", &d.missing),
             ("extra", &d.extra),
         ] {
             for n in names {
-                eprintln!("{what}: {}", snapshots::show_name(n));
+                eprintln!("{what}: {}", manifest::show_name(n));
             }
         }
         for l in &unreadable {

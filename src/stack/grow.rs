@@ -6,7 +6,7 @@ use crate::container as ct;
 use crate::error::{code_of, fail, Code};
 use crate::filesystem as fsys;
 use crate::remote;
-use crate::snapshots::human;
+use crate::size::human;
 use anyhow::Result;
 
 /// Before a sync: grow by container.auto_grow_step when free space is below auto_grow_free.

@@ -3,7 +3,7 @@
 use super::Ctx;
 use crate::error::{code_of, fail, Code};
 use crate::remote;
-use crate::snapshots::human;
+use crate::size::human;
 use std::time::Duration;
 
 /// Below this much free space on the server after a failed write, the failure is "server full".

@@ -17,6 +17,7 @@ use crate::config::{self, Job};
 use crate::container as ct;
 use crate::error::{fail, Code};
 use crate::exec::{Arg, Cmd, Runner};
+use crate::manifest;
 use crate::paths::{dm_slaves, mount_at, JobPaths};
 use crate::remote;
 use crate::rollback;
@@ -119,7 +120,7 @@ impl Ctx {
 
     /// sha256 of snapshot STAMP's manifest as it is now (`None`: no manifest).
     pub(crate) fn manifest_digest(&self, stamp: &str) -> Result<Option<String>> {
-        let m = snapshots::manifest_path(&self.paths.fs, stamp);
+        let m = manifest::path(&self.paths.fs, stamp);
         if std::fs::symlink_metadata(&m).is_err() {
             return Ok(None);
         }

@@ -1,81 +1,24 @@
-//! The job file `/etc/e2e-backup/<job>.toml`: schema, size parsing, validation, flag overrides.
+//! The job file `/etc/e2e-backup/<job>.toml`: schema, validation, flag overrides.
 //!
 //! The file is read into "raw" structs where every field is optional (so flags can fill in what a
 //! file leaves out, or replace the file altogether), then resolved into a [`Job`] with defaults
 //! applied and every value checked. Errors name the file and the key.
 
+mod file;
+mod key;
+
+pub use file::Retention;
+use file::{parse_file, RawFile};
+pub use key::{check_key_file, MIN_KEY_BYTES};
+
 use crate::error::{fail, Code};
 use crate::paths::validate_job;
+use crate::size::{parse_size, parse_size_spec, SizeSpec, MAX_CONTAINER, MIN_CONTAINER};
 use anyhow::Result;
-use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_CONFIG_DIR: &str = "/etc/e2e-backup";
 pub const CONFIG_DIR_ENV: &str = "E2E_BACKUP_CONFIG_DIR";
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawFile {
-    #[serde(default)]
-    pub remote: RawRemote,
-    #[serde(default)]
-    pub container: RawContainer,
-    #[serde(default)]
-    pub sync: RawSync,
-    #[serde(default)]
-    pub retention: Retention,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRemote {
-    pub host: Option<String>,
-    pub port: Option<u16>,
-    pub user: Option<String>,
-    pub path: Option<String>,
-    pub identity_file: Option<PathBuf>,
-    pub known_hosts: Option<PathBuf>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawContainer {
-    pub file: Option<String>,
-    pub size: Option<String>,
-    pub key_file: Option<PathBuf>,
-    pub create: Option<bool>,
-    pub auto_grow_free: Option<String>,
-    pub auto_grow_step: Option<String>,
-    pub max_size: Option<String>,
-    pub server_reserve: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawSync {
-    pub paths: Option<Vec<String>>,
-    pub exclude: Option<Vec<String>>,
-    pub exclude_from: Option<Vec<PathBuf>>,
-    pub rsync_args: Option<Vec<String>>,
-}
-
-/// Retention policy, restic/borg semantics (see `snapshots::select_keep`). All zero = keep everything.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Retention {
-    #[serde(default)]
-    pub keep_last: u32,
-    #[serde(default)]
-    pub keep_hourly: u32,
-    #[serde(default)]
-    pub keep_daily: u32,
-    #[serde(default)]
-    pub keep_weekly: u32,
-    #[serde(default)]
-    pub keep_monthly: u32,
-    #[serde(default)]
-    pub keep_yearly: u32,
-}
 
 /// Values given on the command line; each replaces the job file's value.
 #[derive(Debug, Default, Clone, clap::Args)]
@@ -117,97 +60,6 @@ pub struct Overrides {
     /// rsync exclude pattern, repeatable (sync.exclude)
     #[arg(long, value_name = "PATTERN", help_heading = "Job overrides")]
     pub exclude: Vec<String>,
-}
-
-/// A size as written in the job file: bytes, or a percentage of something (container size).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum SizeSpec {
-    Bytes(u64),
-    Percent(f64),
-}
-
-impl SizeSpec {
-    /// Resolve against `base` (percentages are of `base`).
-    pub fn of(self, base: u64) -> u64 {
-        match self {
-            SizeSpec::Bytes(b) => b,
-            SizeSpec::Percent(p) => (base as f64 * p / 100.0) as u64,
-        }
-    }
-    pub fn is_zero(self) -> bool {
-        matches!(self, SizeSpec::Bytes(0)) || matches!(self, SizeSpec::Percent(p) if p == 0.0)
-    }
-}
-
-/// Smallest container: LUKS2's 16 MiB header plus a 16 MiB ext4.
-pub const MIN_CONTAINER: u64 = 32 << 20;
-/// Largest container: ext4's limit with 64-bit block numbers and 4 KiB blocks.
-pub const MAX_CONTAINER: u64 = 1 << 60;
-
-/// Parse a `truncate`-style size: `5T` = 5 TiB; `K M G T P E` (optionally `KiB`…) are powers of
-/// 1024, `KB MB …` powers of 1000, a bare number is bytes.
-pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    if num.is_empty() {
-        return Err(format!(
-            "invalid size {s:?}: expected a number with an optional unit like 64G"
-        ));
-    }
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid size {s:?}: number too large"))?;
-    let mut u = unit.chars();
-    let mult: u64 = match u.next() {
-        None => 1,
-        Some(c) => {
-            let exp = match c.to_ascii_uppercase() {
-                'K' => 1,
-                'M' => 2,
-                'G' => 3,
-                'T' => 4,
-                'P' => 5,
-                'E' => 6,
-                _ => {
-                    return Err(format!(
-                        "invalid size {s:?}: unknown unit {unit:?} (use K, M, G, T, P, E)"
-                    ))
-                }
-            };
-            let base: u64 = match u.as_str() {
-                "" | "iB" => 1024,
-                "B" => 1000,
-                _ => {
-                    return Err(format!(
-                        "invalid size {s:?}: unknown unit {unit:?} (use K, M, G, T, P, E)"
-                    ))
-                }
-            };
-            base.pow(exp)
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("invalid size {s:?}: too large"))
-}
-
-/// A size or a percentage (`10%`).
-pub fn parse_size_spec(s: &str) -> std::result::Result<SizeSpec, String> {
-    match s.trim().strip_suffix('%') {
-        Some(p) => {
-            let v: f64 = p
-                .trim()
-                .parse()
-                .map_err(|_| format!("invalid percentage {s:?}"))?;
-            if !(0.0..=1000.0).contains(&v) {
-                return Err(format!(
-                    "invalid percentage {s:?}: must be between 0% and 1000%"
-                ));
-            }
-            Ok(SizeSpec::Percent(v))
-        }
-        None => parse_size(s).map(SizeSpec::Bytes),
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -292,32 +144,6 @@ pub fn load(
         }
     };
     resolve(job, raw, ov, &origin)
-}
-
-/// Parse the text of a job file; errors read `FILE:LINE: message (in [section])`.
-pub fn parse_file(text: &str, file: &Path) -> Result<RawFile> {
-    toml::from_str(text).map_err(|e| {
-        let msg = e.message().trim().replace("unknown field", "unknown key");
-        let (line, section) = match e.span() {
-            Some(sp) => {
-                let before = &text[..sp.start.min(text.len())];
-                let line = before.matches('\n').count() + 1;
-                let section = before
-                    .lines()
-                    .rev()
-                    .map(str::trim)
-                    .find(|l| l.starts_with('[') && l.ends_with(']'))
-                    .map(|l| format!(" in {l}"))
-                    .unwrap_or_default();
-                (format!(":{line}"), section)
-            }
-            None => (String::new(), String::new()),
-        };
-        fail(
-            Code::Config,
-            format!("{}{line}: {msg}{section}", file.display()),
-        )
-    })
 }
 
 fn resolve(job: &str, raw: RawFile, ov: &Overrides, origin: &str) -> Result<Job> {
@@ -503,41 +329,6 @@ fn filter_rule_prefix(e: &str) -> Option<&'static str> {
     }
 }
 
-/// The smallest key file accepted: 32 bytes (256 bits), so the key file is the secret, not a
-/// password-strength string (LUKS's key derivation is all that protects a short one).
-pub const MIN_KEY_BYTES: u64 = 32;
-
-/// Refuse a missing key file, one another user owns, one readable by group/others, a short one.
-pub fn check_key_file(path: &Path) -> std::result::Result<(), String> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let md = std::fs::metadata(path).map_err(|e| format!("{e}"))?;
-    if !md.is_file() {
-        return Err("not a regular file".to_string());
-    }
-    let me = unsafe { nix::libc::geteuid() };
-    if md.uid() != 0 && md.uid() != me {
-        return Err(format!(
-            "owned by uid {}, not root: another user could replace it; run: chown root {}",
-            md.uid(),
-            crate::exec::quote(&path.to_string_lossy())
-        ));
-    }
-    if md.len() < MIN_KEY_BYTES {
-        return Err(format!(
-            "holds {} bytes, fewer than {MIN_KEY_BYTES}: use a random key, e.g. head -c 64 /dev/urandom >FILE",
-            md.len()
-        ));
-    }
-    let mode = md.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "mode {mode:04o} lets group/others read it; run: chmod 600 {}",
-            crate::exec::quote(&path.to_string_lossy())
-        ));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -680,30 +471,6 @@ keep_daily = 7
     }
 
     #[test]
-    fn sizes() {
-        assert_eq!(parse_size("5T"), Ok(5 * (1u64 << 40)));
-        assert_eq!(parse_size("64G"), Ok(64 << 30));
-        assert_eq!(parse_size("512M"), Ok(512 << 20));
-        assert_eq!(parse_size("512m"), Ok(512 << 20));
-        assert_eq!(parse_size("1KiB"), Ok(1024));
-        assert_eq!(parse_size("1KB"), Ok(1000));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("0"), Ok(0));
-        assert!(parse_size("").is_err());
-        assert!(parse_size("G").is_err());
-        assert!(parse_size("1.5G").is_err());
-        assert!(parse_size("-1G").is_err());
-        assert!(parse_size("1X").is_err());
-        assert!(parse_size("99999E").is_err());
-        assert_eq!(parse_size_spec("10%"), Ok(SizeSpec::Percent(10.0)));
-        assert_eq!(parse_size_spec("2.5%"), Ok(SizeSpec::Percent(2.5)));
-        assert_eq!(parse_size_spec("1G"), Ok(SizeSpec::Bytes(1 << 30)));
-        assert!(parse_size_spec("x%").is_err());
-        assert_eq!(SizeSpec::Percent(25.0).of(4 << 30), 1 << 30);
-        assert!(parse_size_spec("0").unwrap().is_zero());
-    }
-
-    #[test]
     fn exclude_filter_rules_refused() {
         for e in ["!", "+ /keep", "- x", "+,s x", "-,p y"] {
             assert!(filter_rule_prefix(e).is_some(), "{e}");
@@ -711,23 +478,5 @@ keep_daily = 7
         for e in ["*.cache", "-x", "+x", "/home/*/tmp", "!x"] {
             assert_eq!(filter_rule_prefix(e), None, "{e}");
         }
-    }
-
-    #[test]
-    fn key_file_mode() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("e2e-key-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let k = dir.join("k");
-        std::fs::write(&k, "secret").unwrap();
-        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(check_key_file(&k).unwrap_err().contains("fewer than 32"));
-        std::fs::write(&k, [7u8; 32]).unwrap();
-        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o640)).unwrap();
-        assert!(check_key_file(&k).unwrap_err().contains("chmod 600"));
-        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(check_key_file(&k).is_ok());
-        assert!(check_key_file(&dir.join("missing")).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

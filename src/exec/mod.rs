@@ -5,342 +5,26 @@
 //! later command needs from an earlier one (the loop device `losetup -f --show` picked) become shell
 //! variables in the script: [`Runner::capture`] returns an [`Arg::Var`] in dry-run mode.
 
-use crate::error::{fail, Code, Fail};
 use anyhow::Result;
 use std::cell::RefCell;
 use std::io::{Read, Write};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+mod cmd;
+mod signals;
+
+use cmd::spawn_error;
+pub use cmd::{last_line, quote, Arg, Cmd, Output};
+pub use signals::{catch_signals, check_interrupted, stalled, stop_stalled};
+use signals::{CHILD, SIGNAL};
+
 static DRY_RUN: AtomicBool = AtomicBool::new(false);
-
-/// The first SIGINT/SIGTERM/SIGHUP this process received (0: none).
-static SIGNAL: AtomicI32 = AtomicI32::new(0);
-/// The process group of the running step that a signal may stop (0: none, or a cleanup step).
-static CHILD: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn on_signal(sig: nix::libc::c_int) {
-    // Only async-signal-safe work here: remember the signal, stop the running step. A second
-    // signal (a cleanup step that hangs, an impatient user) ends the process the default way.
-    if SIGNAL
-        .compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst)
-        .is_err()
-    {
-        unsafe {
-            nix::libc::signal(sig, nix::libc::SIG_DFL);
-            nix::libc::raise(sig);
-        }
-    }
-    let pg = CHILD.load(Ordering::SeqCst);
-    if pg > 0 {
-        unsafe { nix::libc::kill(-pg, nix::libc::SIGTERM) };
-    }
-}
-
-/// Catch SIGINT, SIGTERM and SIGHUP: the running step is stopped, no further step starts, and the
-/// error that follows unwinds what the run opened (cleanup steps still run) before the binary exits
-/// 130/143/129. Children run in process groups of their own, so a terminal's Ctrl-C reaches only us
-/// (sshfs, in particular, must not die under a mounted container).
-pub fn catch_signals() {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let act = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        unsafe {
-            let _ = sigaction(s, &act);
-        }
-    }
-}
-
-/// The value of [`SIGNAL`] that means "stopped because the server stopped answering".
-const STALLED: i32 = -1;
-
-/// Stop the running step and refuse further ones, as a signal would, because the server has not
-/// answered for `secs` seconds (see ops' stall watchdog): the run then unwinds and exits 3.
-pub fn stop_stalled(secs: u64) {
-    STALLED_SECS.store(secs as i32, Ordering::SeqCst);
-    if SIGNAL
-        .compare_exchange(0, STALLED, Ordering::SeqCst, Ordering::SeqCst)
-        .is_ok()
-    {
-        let pg = CHILD.load(Ordering::SeqCst);
-        if pg > 0 {
-            unsafe { nix::libc::kill(-pg, nix::libc::SIGTERM) };
-        }
-    }
-}
-static STALLED_SECS: AtomicI32 = AtomicI32::new(0);
-
-/// Whether the run was stopped by [`stop_stalled`].
-pub fn stalled() -> bool {
-    SIGNAL.load(Ordering::SeqCst) == STALLED
-}
-
-/// `Err` (exit 128 + N, one line) once a stopping signal has arrived.
-pub fn check_interrupted() -> Result<()> {
-    match SIGNAL.load(Ordering::SeqCst) {
-        0 => Ok(()),
-        STALLED => Err(fail(
-            Code::Remote,
-            format!(
-                "the server stopped answering (no reply to a statfs for {} s): stopped and closed again; earlier snapshots are not affected",
-                STALLED_SECS.load(Ordering::SeqCst)
-            ),
-        )),
-        sig => {
-            let name = nix::sys::signal::Signal::try_from(sig)
-                .map(|s| s.as_str())
-                .unwrap_or("a signal");
-            Err(fail(
-                Code::for_signal(sig),
-                format!("stopped by {name}; what this run had opened was closed again"),
-            ))
-        }
-    }
-}
 
 /// Whether this process made a dry-run runner (its final output must stay a valid script).
 pub fn dry_run_active() -> bool {
     DRY_RUN.load(Ordering::Relaxed)
-}
-
-/// One command-line argument: a literal, or (dry-run only) the value of an earlier step.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Arg {
-    Lit(String),
-    Var(&'static str),
-}
-
-impl Arg {
-    /// Shell form: quoted literal or `"$var"`.
-    pub fn render(&self) -> String {
-        match self {
-            Arg::Lit(s) => quote(s),
-            Arg::Var(v) => format!("\"${v}\""),
-        }
-    }
-
-    /// The literal value; a variable renders as `$var` (only reachable in dry-run output and tests).
-    pub fn value(&self) -> String {
-        match self {
-            Arg::Lit(s) => s.clone(),
-            Arg::Var(v) => format!("${v}"),
-        }
-    }
-}
-
-impl From<&str> for Arg {
-    fn from(s: &str) -> Self {
-        Arg::Lit(s.to_string())
-    }
-}
-impl From<String> for Arg {
-    fn from(s: String) -> Self {
-        Arg::Lit(s)
-    }
-}
-impl From<&String> for Arg {
-    fn from(s: &String) -> Self {
-        Arg::Lit(s.clone())
-    }
-}
-impl From<&std::path::Path> for Arg {
-    fn from(p: &std::path::Path) -> Self {
-        Arg::Lit(p.to_string_lossy().into_owned())
-    }
-}
-impl From<std::path::PathBuf> for Arg {
-    fn from(p: std::path::PathBuf) -> Self {
-        Arg::Lit(p.to_string_lossy().into_owned())
-    }
-}
-impl From<&std::path::PathBuf> for Arg {
-    fn from(p: &std::path::PathBuf) -> Self {
-        Arg::Lit(p.to_string_lossy().into_owned())
-    }
-}
-impl From<&Arg> for Arg {
-    fn from(a: &Arg) -> Self {
-        a.clone()
-    }
-}
-
-/// Quote `s` for a POSIX shell; words made only of safe characters stay bare.
-pub fn quote(s: &str) -> String {
-    let safe = |c: char| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c);
-    if !s.is_empty() && s.chars().all(safe) {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
-}
-
-type ErrMap = Box<dyn Fn(i32, &str) -> Option<Fail>>;
-
-/// A command to run: program, arguments, extra environment, accepted exit codes, error mapping.
-pub struct Cmd {
-    pub program: String,
-    pub args: Vec<Arg>,
-    pub env: Vec<(String, String)>,
-    /// Exit codes other than 0 that count as success (rsync 24, fsck 1).
-    pub ok_codes: Vec<i32>,
-    errmap: Option<ErrMap>,
-}
-
-impl Cmd {
-    pub fn new(program: &str) -> Self {
-        Cmd {
-            program: program.to_string(),
-            args: Vec::new(),
-            env: Vec::new(),
-            ok_codes: Vec::new(),
-            errmap: None,
-        }
-    }
-
-    pub fn arg(mut self, a: impl Into<Arg>) -> Self {
-        self.args.push(a.into());
-        self
-    }
-
-    pub fn args<I, A>(mut self, it: I) -> Self
-    where
-        I: IntoIterator<Item = A>,
-        A: Into<Arg>,
-    {
-        self.args.extend(it.into_iter().map(Into::into));
-        self
-    }
-
-    pub fn env(mut self, k: &str, v: &str) -> Self {
-        self.env.push((k.to_string(), v.to_string()));
-        self
-    }
-
-    pub fn ok_code(mut self, c: i32) -> Self {
-        self.ok_codes.push(c);
-        self
-    }
-
-    /// Map a failure (exit code, stderr) to a specific user-facing error; `None` falls back to the
-    /// generic "X failed" message.
-    pub fn on_fail(mut self, f: impl Fn(i32, &str) -> Option<Fail> + 'static) -> Self {
-        self.errmap = Some(Box::new(f));
-        self
-    }
-
-    /// The argv as plain strings (for tests and messages).
-    pub fn argv(&self) -> Vec<String> {
-        std::iter::once(self.program.clone())
-            .chain(self.args.iter().map(Arg::value))
-            .collect()
-    }
-
-    /// One shell-quoted line.
-    pub fn render(&self) -> String {
-        let mut words: Vec<String> = self
-            .env
-            .iter()
-            .map(|(k, v)| format!("{k}={}", quote(v)))
-            .collect();
-        words.push(quote(&self.program));
-        words.extend(self.args.iter().map(Arg::render));
-        words.join(" ")
-    }
-
-    /// The script line: like [`Cmd::render`], plus an exit-code guard when codes besides 0 are fine,
-    /// so the line succeeds under `set -e` exactly when a real run would.
-    pub fn script_line(&self) -> String {
-        if self.ok_codes.is_empty() {
-            return self.render();
-        }
-        let codes: Vec<String> = self.ok_codes.iter().map(|c| c.to_string()).collect();
-        format!(
-            "{} || case $? in {}) ;; *) false ;; esac",
-            self.render(),
-            codes.join("|")
-        )
-    }
-
-    fn command(&self) -> Result<Command> {
-        let mut c = Command::new(&self.program);
-        for a in &self.args {
-            match a {
-                Arg::Lit(s) => c.arg(s),
-                Arg::Var(v) => anyhow::bail!("internal error: unresolved ${v} in a real run"),
-            };
-        }
-        c.envs(self.env.iter().map(|(k, v)| (k, v)));
-        // Own process group: a terminal's Ctrl-C is ours to handle (see catch_signals). SIGTERM when
-        // we die, even by SIGKILL: no rsync goes on writing into a container nobody holds.
-        c.process_group(0);
-        unsafe {
-            c.pre_exec(|| {
-                nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGTERM);
-                Ok(())
-            });
-        }
-        Ok(c)
-    }
-
-    fn spawn_piped(&self) -> Result<std::process::Child> {
-        self.command()?
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| spawn_error(self, e))
-    }
-
-    fn check(&self, code: Option<i32>, out: &Output) -> Result<()> {
-        let rc = code.unwrap_or(-1);
-        if rc == 0 || self.ok_codes.contains(&rc) {
-            return Ok(());
-        }
-        let stderr = out.stderr.as_str();
-        // Some tools (e2fsck's MMP report) put the telling part on stdout: the mapper sees both.
-        let both = format!("{}\n{}", out.stderr, out.stdout);
-        if let Some(f) = self.errmap.as_ref().and_then(|m| m(rc, &both)) {
-            return Err(f.into());
-        }
-        let last = last_line(stderr);
-        let how = match code {
-            Some(c) => format!("exit code {c}"),
-            None => "a signal".to_string(),
-        };
-        let tail = if last.is_empty() {
-            String::new()
-        } else {
-            format!(": {last}")
-        };
-        Err(fail(
-            Code::Runtime,
-            format!("{} failed with {how}{tail}", self.program),
-        ))
-    }
-}
-
-/// The last non-empty line of a command's stderr: usually the one that says what went wrong.
-pub fn last_line(stderr: &str) -> &str {
-    stderr
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("")
-}
-
-/// What a finished command produced.
-#[derive(Debug, Default, Clone)]
-pub struct Output {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
 }
 
 enum Sink {
@@ -656,23 +340,10 @@ impl Runner {
     }
 }
 
-fn spawn_error(cmd: &Cmd, e: std::io::Error) -> anyhow::Error {
-    if e.kind() == std::io::ErrorKind::NotFound {
-        fail(
-            Code::Runtime,
-            format!(
-                "cannot run {}: not found in PATH (is it installed?)",
-                cmd.program
-            ),
-        )
-    } else {
-        fail(Code::Runtime, format!("cannot run {}: {e}", cmd.program))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::{Code, Fail};
 
     #[test]
     fn quoting() {

@@ -1,0 +1,255 @@
+//! One external command as a value: program, arguments, environment, accepted exit codes and
+//! error mapping, and its rendering as a line of a shell script.
+
+use crate::error::{fail, Code, Fail};
+use anyhow::Result;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+/// One command-line argument: a literal, or (dry-run only) the value of an earlier step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Arg {
+    Lit(String),
+    Var(&'static str),
+}
+
+impl Arg {
+    /// Shell form: quoted literal or `"$var"`.
+    pub fn render(&self) -> String {
+        match self {
+            Arg::Lit(s) => quote(s),
+            Arg::Var(v) => format!("\"${v}\""),
+        }
+    }
+
+    /// The literal value; a variable renders as `$var` (only reachable in dry-run output and tests).
+    pub fn value(&self) -> String {
+        match self {
+            Arg::Lit(s) => s.clone(),
+            Arg::Var(v) => format!("${v}"),
+        }
+    }
+}
+
+impl From<&str> for Arg {
+    fn from(s: &str) -> Self {
+        Arg::Lit(s.to_string())
+    }
+}
+impl From<String> for Arg {
+    fn from(s: String) -> Self {
+        Arg::Lit(s)
+    }
+}
+impl From<&String> for Arg {
+    fn from(s: &String) -> Self {
+        Arg::Lit(s.clone())
+    }
+}
+impl From<&std::path::Path> for Arg {
+    fn from(p: &std::path::Path) -> Self {
+        Arg::Lit(p.to_string_lossy().into_owned())
+    }
+}
+impl From<std::path::PathBuf> for Arg {
+    fn from(p: std::path::PathBuf) -> Self {
+        Arg::Lit(p.to_string_lossy().into_owned())
+    }
+}
+impl From<&std::path::PathBuf> for Arg {
+    fn from(p: &std::path::PathBuf) -> Self {
+        Arg::Lit(p.to_string_lossy().into_owned())
+    }
+}
+impl From<&Arg> for Arg {
+    fn from(a: &Arg) -> Self {
+        a.clone()
+    }
+}
+
+/// Quote `s` for a POSIX shell; words made only of safe characters stay bare.
+pub fn quote(s: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c);
+    if !s.is_empty() && s.chars().all(safe) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+type ErrMap = Box<dyn Fn(i32, &str) -> Option<Fail>>;
+
+/// A command to run: program, arguments, extra environment, accepted exit codes, error mapping.
+pub struct Cmd {
+    pub program: String,
+    pub args: Vec<Arg>,
+    pub env: Vec<(String, String)>,
+    /// Exit codes other than 0 that count as success (rsync 24, fsck 1).
+    pub ok_codes: Vec<i32>,
+    errmap: Option<ErrMap>,
+}
+
+impl Cmd {
+    pub fn new(program: &str) -> Self {
+        Cmd {
+            program: program.to_string(),
+            args: Vec::new(),
+            env: Vec::new(),
+            ok_codes: Vec::new(),
+            errmap: None,
+        }
+    }
+
+    pub fn arg(mut self, a: impl Into<Arg>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    pub fn args<I, A>(mut self, it: I) -> Self
+    where
+        I: IntoIterator<Item = A>,
+        A: Into<Arg>,
+    {
+        self.args.extend(it.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.to_string(), v.to_string()));
+        self
+    }
+
+    pub fn ok_code(mut self, c: i32) -> Self {
+        self.ok_codes.push(c);
+        self
+    }
+
+    /// Map a failure (exit code, stderr) to a specific user-facing error; `None` falls back to the
+    /// generic "X failed" message.
+    pub fn on_fail(mut self, f: impl Fn(i32, &str) -> Option<Fail> + 'static) -> Self {
+        self.errmap = Some(Box::new(f));
+        self
+    }
+
+    /// The argv as plain strings (for tests and messages).
+    pub fn argv(&self) -> Vec<String> {
+        std::iter::once(self.program.clone())
+            .chain(self.args.iter().map(Arg::value))
+            .collect()
+    }
+
+    /// One shell-quoted line.
+    pub fn render(&self) -> String {
+        let mut words: Vec<String> = self
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={}", quote(v)))
+            .collect();
+        words.push(quote(&self.program));
+        words.extend(self.args.iter().map(Arg::render));
+        words.join(" ")
+    }
+
+    /// The script line: like [`Cmd::render`], plus an exit-code guard when codes besides 0 are fine,
+    /// so the line succeeds under `set -e` exactly when a real run would.
+    pub fn script_line(&self) -> String {
+        if self.ok_codes.is_empty() {
+            return self.render();
+        }
+        let codes: Vec<String> = self.ok_codes.iter().map(|c| c.to_string()).collect();
+        format!(
+            "{} || case $? in {}) ;; *) false ;; esac",
+            self.render(),
+            codes.join("|")
+        )
+    }
+
+    pub(super) fn command(&self) -> Result<Command> {
+        let mut c = Command::new(&self.program);
+        for a in &self.args {
+            match a {
+                Arg::Lit(s) => c.arg(s),
+                Arg::Var(v) => anyhow::bail!("internal error: unresolved ${v} in a real run"),
+            };
+        }
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
+        // Own process group: a terminal's Ctrl-C is ours to handle (see catch_signals). SIGTERM when
+        // we die, even by SIGKILL: no rsync goes on writing into a container nobody holds.
+        c.process_group(0);
+        unsafe {
+            c.pre_exec(|| {
+                nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGTERM);
+                Ok(())
+            });
+        }
+        Ok(c)
+    }
+
+    pub(super) fn spawn_piped(&self) -> Result<std::process::Child> {
+        self.command()?
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| spawn_error(self, e))
+    }
+
+    pub(super) fn check(&self, code: Option<i32>, out: &Output) -> Result<()> {
+        let rc = code.unwrap_or(-1);
+        if rc == 0 || self.ok_codes.contains(&rc) {
+            return Ok(());
+        }
+        let stderr = out.stderr.as_str();
+        // Some tools (e2fsck's MMP report) put the telling part on stdout: the mapper sees both.
+        let both = format!("{}\n{}", out.stderr, out.stdout);
+        if let Some(f) = self.errmap.as_ref().and_then(|m| m(rc, &both)) {
+            return Err(f.into());
+        }
+        let last = last_line(stderr);
+        let how = match code {
+            Some(c) => format!("exit code {c}"),
+            None => "a signal".to_string(),
+        };
+        let tail = if last.is_empty() {
+            String::new()
+        } else {
+            format!(": {last}")
+        };
+        Err(fail(
+            Code::Runtime,
+            format!("{} failed with {how}{tail}", self.program),
+        ))
+    }
+}
+
+/// The last non-empty line of a command's stderr: usually the one that says what went wrong.
+pub fn last_line(stderr: &str) -> &str {
+    stderr
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("")
+}
+
+/// What a finished command produced.
+#[derive(Debug, Default, Clone)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub(super) fn spawn_error(cmd: &Cmd, e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        fail(
+            Code::Runtime,
+            format!(
+                "cannot run {}: not found in PATH (is it installed?)",
+                cmd.program
+            ),
+        )
+    } else {
+        fail(Code::Runtime, format!("cannot run {}: {e}", cmd.program))
+    }
+}
