@@ -5,7 +5,8 @@
 //! 2 GiB take 255 s against 7 s with direct I/O.
 
 use crate::error::{Code, Fail};
-use crate::exec::{Arg, Cmd};
+use crate::exec::{Arg, Cmd, Runner, Undo};
+use anyhow::Result;
 use std::path::Path;
 
 /// Test-only: `E2E_BACKUP_TEST_PBKDF=1` makes luksFormat use a cheap PBKDF so VM tests do not spend
@@ -170,6 +171,112 @@ pub fn luks_resize(dm_name: &str, key: &Path) -> Cmd {
         .arg("--key-file")
         .arg(key)
         .arg(dm_name)
+}
+
+// The lifecycle steps: each runs its commands through the one Runner and pushes onto `undo` what
+// undoes it, so a bring-up that fails half-way unwinds in reverse.
+
+/// Format a new container under its building name: an empty file made exclusively, sized sparse,
+/// attached to a loop device, luksFormat'ed, opened as `dm_name`. Returns the loop device.
+pub fn format(
+    run: &Runner,
+    undo: &mut Undo,
+    building: &Path,
+    size: u64,
+    key: &Path,
+    dm_name: &str,
+) -> Result<Arg> {
+    run.run(&create_exclusive(building))?;
+    undo.push(Cmd::new("rm").arg("-f").arg(building));
+    run.run(&truncate(building, size))?;
+    let lp = attach(run, undo, building, false, None)?;
+    run.run(&luks_format(&lp, key, test_pbkdf()))?;
+    let rw = OpenOpts {
+        read_only: false,
+        allow_discards: false,
+    };
+    open(
+        run,
+        undo,
+        &lp,
+        key,
+        dm_name,
+        &rw,
+        &building.display().to_string(),
+    )?;
+    Ok(lp)
+}
+
+/// The loop device of `file`: `existing` if one already backs it, else a new one (undo: detach).
+pub fn attach(
+    run: &Runner,
+    undo: &mut Undo,
+    file: &Path,
+    read_only: bool,
+    existing: Option<Arg>,
+) -> Result<Arg> {
+    if let Some(l) = existing {
+        return Ok(l);
+    }
+    let l = run.capture(&losetup_attach(file, read_only), "loop")?;
+    undo.push(losetup_detach(&l));
+    Ok(l)
+}
+
+/// Open the LUKS mapping `dm_name` on `dev` (undo: close). No separate key test first: a wrong key
+/// fails here (exit 2), named for the container `shown`.
+pub fn open(
+    run: &Runner,
+    undo: &mut Undo,
+    dev: &Arg,
+    key: &Path,
+    dm_name: &str,
+    o: &OpenOpts,
+    shown: &str,
+) -> Result<()> {
+    let shown = shown.to_string();
+    run.run(
+        &luks_open(dev, key, dm_name, o).on_fail(move |rc, _| (rc == 2).then(|| wrong_key(&shown))),
+    )?;
+    undo.push(luks_close(dm_name));
+    Ok(())
+}
+
+/// Grow the container to `new` bytes online: file → loop capacity → LUKS (systemd-homed's order;
+/// the filesystem follows, by its own layer).
+pub fn grow(
+    run: &Runner,
+    file: &Path,
+    loop_dev: &Arg,
+    dm_name: &str,
+    key: &Path,
+    new: u64,
+) -> Result<()> {
+    run.run(&truncate(file, new))?;
+    run.run(&losetup_refresh(loop_dev))?;
+    run.run(&luks_resize(dm_name, key))?;
+    Ok(())
+}
+
+/// A read-only overlay NAME over ORIGIN (SECTORS long): a sparse copy-on-write file `cow_file` on
+/// the client, its loop device, the snapshot mapping (undo: remove all three). Returns the loop device.
+pub fn overlay(
+    run: &Runner,
+    undo: &mut Undo,
+    name: &str,
+    origin: &Path,
+    sectors: u64,
+    cow_file: &Path,
+) -> Result<Arg> {
+    // Sparse, as large as the container: dm-snapshot drops a snapshot whose store fills up, and
+    // tmpfs only holds what is written (the journal's replay: at most the journal's size).
+    run.run(&truncate(cow_file, sectors * 512))?;
+    undo.push(Cmd::new("rm").arg("-f").arg(cow_file));
+    let cow = run.capture(&losetup_local(cow_file), "cow")?;
+    undo.push(losetup_detach(&cow));
+    run.run(&overlay_create(name, origin, sectors, &cow))?;
+    undo.push(overlay_remove(name));
+    Ok(cow)
 }
 
 #[cfg(test)]

@@ -3,12 +3,12 @@
 use crate::cli::TrimCli;
 use crate::container::{self as ct, OpenOpts};
 use crate::error::{code_of, fail, Code};
-use crate::exec::{Cmd, Runner};
+use crate::exec::{Cmd, Runner, Undo};
 use crate::filesystem as fsys;
 use crate::paths::{dm_slaves, loops_backed_by};
 use crate::remote;
 use crate::size::human;
-use crate::stack::{lock, Ctx, Undo};
+use crate::stack::{lock, Ctx};
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 

@@ -14,11 +14,13 @@ use std::time::{Duration, Instant};
 
 mod cmd;
 mod signals;
+mod undo;
 
 use cmd::spawn_error;
 pub use cmd::{last_line, quote, Arg, Cmd, Output};
 pub use signals::{catch_signals, check_interrupted, stalled, stop_stalled};
 use signals::{CHILD, SIGNAL};
+pub use undo::Undo;
 
 static DRY_RUN: AtomicBool = AtomicBool::new(false);
 

@@ -89,9 +89,7 @@ pub(crate) fn grow_to(ctx: &Ctx, job: &Job, stack: &mut Stack, new: u64) -> Resu
             ),
         )
     })?;
-    run.run(&ct::truncate(&file, new))?;
-    run.run(&ct::losetup_refresh(&lp))?;
-    run.run(&ct::luks_resize(&p.dm_name, &key))?;
+    ct::grow(run, &file, &lp, &p.dm_name, &key, new)?;
     run.run(&fsys::resize2fs(&p.dm_dev))?;
     stack.size = Some(new);
     Ok(())

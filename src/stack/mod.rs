@@ -153,38 +153,6 @@ impl Ctx {
     }
 }
 
-/// Commands to run, newest first, if a multi-step operation fails half-way.
-pub(crate) struct Undo<'a> {
-    run: &'a Runner,
-    steps: Vec<Cmd>,
-}
-
-impl<'a> Undo<'a> {
-    pub(crate) fn new(run: &'a Runner) -> Self {
-        Undo {
-            run,
-            steps: Vec::new(),
-        }
-    }
-    pub(crate) fn push(&mut self, c: Cmd) {
-        self.steps.push(c);
-    }
-    pub(crate) fn done(mut self) {
-        self.steps.clear();
-    }
-}
-
-impl Drop for Undo<'_> {
-    fn drop(&mut self) {
-        let _cleanup = self.run.unwinding();
-        while let Some(c) = self.steps.pop() {
-            if let Err(e) = self.run.run(&c) {
-                eprintln!("warning: cleanup step failed: {e:#}");
-            }
-        }
-    }
-}
-
 /// What [`ensure_open`] found or did, so the caller can leave the stack as it found it.
 pub struct Stack {
     pub mounted_remote: bool,

@@ -1,10 +1,10 @@
 //! Bring-up: sshfs → container file → loop → LUKS → (overlay) → ext4, each step's undo recorded.
 
-use super::{Ctx, Stack, Undo};
+use super::{Ctx, Stack};
 use crate::config::Job;
 use crate::container::{self as ct, OpenOpts};
 use crate::error::{fail, Code};
-use crate::exec::{Arg, Cmd};
+use crate::exec::{Arg, Cmd, Undo};
 use crate::filesystem as fsys;
 use crate::paths::{dm_slaves, loops_backed_by, mount_at};
 use crate::remote;
@@ -77,107 +77,21 @@ pub(crate) fn open_stack(ctx: &Ctx, job: &Job, create: bool, read_only: bool) ->
         // Half-open from an earlier run: the mapping is there, only fsck + mount are missing.
         stack.loop_dev = existing_loop();
     } else if !exists {
-        if !create {
-            return Err(fail(
-                Code::Config,
-                format!(
-                    "container {} does not exist: run e2e-open --create {} (or set container.create = true in {})",
-                    file.display(),
-                    job.name,
-                    job.origin
-                ),
-            ));
-        }
-        if read_only {
-            return Err(fail(
-                Code::Config,
-                "cannot create a container with --read-only",
-            ));
-        }
-        let size = job.container.size.ok_or_else(|| {
-            fail(
-                Code::Config,
-                format!(
-                    "{}: container.size: required to create the container",
-                    job.origin
-                ),
-            )
-        })?;
-        if blind {
-            run.note("the remote is not mounted yet, so this script guards against an existing container:");
-            run.run(&Cmd::new("test").arg("!").arg("-e").arg(&file))?;
-            run.run(&Cmd::new("test").arg("!").arg("-L").arg(&file))?;
-        }
-        // Built under a temporary name and renamed into place once formatted: an interrupted
-        // creation leaves only that name, which the next creation removes.
-        let building = ct::building_name(&file);
-        if std::fs::symlink_metadata(&building).is_ok() {
-            eprintln!(
-                "note: removing {}, left by an interrupted creation",
-                building.display()
-            );
-            run.run(&Cmd::new("rm").arg("-f").arg(&building))?;
-        }
-        run.run(&ct::create_exclusive(&building))?;
-        undo.push(Cmd::new("rm").arg("-f").arg(&building));
-        run.run(&ct::truncate(&building, size))?;
-        let lp = run.capture(&ct::losetup_attach(&building, false), "loop")?;
-        undo.push(ct::losetup_detach(&lp));
-        run.run(&ct::luks_format(&lp, &key, ct::test_pbkdf()))?;
-        run.run(&ct::luks_open(
-            &lp,
-            &key,
-            &p.dm_name,
-            &OpenOpts {
-                read_only: false,
-                allow_discards: false,
-            },
-        ))?;
-        undo.push(ct::luks_close(&p.dm_name));
-        run.run(&fsys::mkfs(dev, &p.dm_name))?;
-        if !blind && container_exists(&file)? {
-            return Err(fail(
-                Code::Refused,
-                format!(
-                    "{} appeared on the server while this run created the container: another host creates it too; nothing replaced",
-                    file.display()
-                ),
-            ));
-        }
-        // Renamed while attached: the loop device keeps the open file under its new name.
-        run.run(&Cmd::new("mv").arg("-T").arg(&building).arg(&file))?;
-        stack.loop_dev = Some(lp);
-        stack.size = Some(size);
+        create_container(
+            ctx, job, &key, create, read_only, blind, &mut undo, &mut stack,
+        )?;
         created = true;
     } else {
-        if !blind {
-            check_access(&file, &job.remote.user, false)?;
-        }
-        run.run(&ct::is_luks(&file))
-            .map_err(|e| explain_lost_link(ctx, &job.remote.host, e, true))?;
-        if !read_only && !blind {
-            check_access(&file, &job.remote.user, true)?;
-        }
-        let lp = match existing_loop() {
-            Some(l) => l,
-            None => {
-                let l = run.capture(&ct::losetup_attach(&file, read_only), "loop")?;
-                undo.push(ct::losetup_detach(&l));
-                l
-            }
-        };
-        // No separate key test first: a wrong key fails here, and the undo detaches the loop.
-        let shown = file.display().to_string();
-        let opts = OpenOpts {
+        open_container(
+            ctx,
+            job,
+            &key,
             read_only,
-            allow_discards: false,
-        };
-        run.run(
-            &ct::luks_open(&lp, &key, &p.dm_name, &opts)
-                .on_fail(move |rc, _| (rc == 2).then(|| ct::wrong_key(&shown))),
+            blind,
+            existing_loop(),
+            &mut undo,
+            &mut stack,
         )?;
-        undo.push(ct::luks_close(&p.dm_name));
-        stack.loop_dev = Some(lp);
     }
     // A filesystem mkfs just made needs no check (and the check would cost another MMP wait).
     if !read_only && !created {
@@ -194,6 +108,123 @@ pub(crate) fn open_stack(ctx: &Ctx, job: &Job, create: bool, read_only: bool) ->
         .map_err(|e| fsys::name_mmp_holder(run, dev, e))?;
     undo.done();
     Ok(stack)
+}
+
+/// Create the container: built under a temporary name and renamed into place once formatted, so an
+/// interrupted creation leaves only that name, which the next creation removes.
+#[allow(clippy::too_many_arguments)]
+fn create_container(
+    ctx: &Ctx,
+    job: &Job,
+    key: &Path,
+    create: bool,
+    read_only: bool,
+    blind: bool,
+    undo: &mut Undo,
+    stack: &mut Stack,
+) -> Result<()> {
+    let (p, run) = (&ctx.paths, &ctx.run);
+    let file = ctx.container_file(job);
+    let dev = p.dm_dev.as_path();
+    if !create {
+        return Err(fail(
+            Code::Config,
+            format!(
+                "container {} does not exist: run e2e-open --create {} (or set container.create = true in {})",
+                file.display(),
+                job.name,
+                job.origin
+            ),
+        ));
+    }
+    if read_only {
+        return Err(fail(
+            Code::Config,
+            "cannot create a container with --read-only",
+        ));
+    }
+    let size = job.container.size.ok_or_else(|| {
+        fail(
+            Code::Config,
+            format!(
+                "{}: container.size: required to create the container",
+                job.origin
+            ),
+        )
+    })?;
+    if blind {
+        run.note(
+            "the remote is not mounted yet, so this script guards against an existing container:",
+        );
+        run.run(&Cmd::new("test").arg("!").arg("-e").arg(&file))?;
+        run.run(&Cmd::new("test").arg("!").arg("-L").arg(&file))?;
+    }
+    // Built under a temporary name and renamed into place once formatted: an interrupted
+    // creation leaves only that name, which the next creation removes.
+    let building = ct::building_name(&file);
+    if std::fs::symlink_metadata(&building).is_ok() {
+        eprintln!(
+            "note: removing {}, left by an interrupted creation",
+            building.display()
+        );
+        run.run(&Cmd::new("rm").arg("-f").arg(&building))?;
+    }
+    let lp = ct::format(run, undo, &building, size, key, &p.dm_name)?;
+    run.run(&fsys::mkfs(dev, &p.dm_name))?;
+    if !blind && container_exists(&file)? {
+        return Err(fail(
+            Code::Refused,
+            format!(
+                "{} appeared on the server while this run created the container: another host creates it too; nothing replaced",
+                file.display()
+            ),
+        ));
+    }
+    // Renamed while attached: the loop device keeps the open file under its new name.
+    run.run(&Cmd::new("mv").arg("-T").arg(&building).arg(&file))?;
+    stack.loop_dev = Some(lp);
+    stack.size = Some(size);
+    Ok(())
+}
+
+/// Open the existing container: check it is a LUKS container the account may use, attach, open.
+#[allow(clippy::too_many_arguments)]
+fn open_container(
+    ctx: &Ctx,
+    job: &Job,
+    key: &Path,
+    read_only: bool,
+    blind: bool,
+    existing_loop: Option<Arg>,
+    undo: &mut Undo,
+    stack: &mut Stack,
+) -> Result<()> {
+    let (p, run) = (&ctx.paths, &ctx.run);
+    let file = ctx.container_file(job);
+    if !blind {
+        check_access(&file, &job.remote.user, false)?;
+    }
+    run.run(&ct::is_luks(&file))
+        .map_err(|e| explain_lost_link(ctx, &job.remote.host, e, true))?;
+    if !read_only && !blind {
+        check_access(&file, &job.remote.user, true)?;
+    }
+    let lp = ct::attach(run, undo, &file, read_only, existing_loop)?;
+    let opts = OpenOpts {
+        read_only,
+        allow_discards: false,
+    };
+    ct::open(
+        run,
+        undo,
+        &lp,
+        key,
+        &p.dm_name,
+        &opts,
+        &file.display().to_string(),
+    )?;
+    stack.loop_dev = Some(lp);
+    Ok(())
 }
 
 /// A read-only open of a container whose journal needs recovery (a run cut off, a crash): the
@@ -226,14 +257,7 @@ pub(crate) fn open_overlay(ctx: &Ctx, undo: &mut Undo) -> Result<Option<Arg>> {
                 format!("blockdev --getsz {}: no size", dev.display()),
             )
         })?;
-    // Sparse, as large as the container: dm-snapshot drops a snapshot whose store fills up, and
-    // tmpfs only holds what is written (the journal's replay: at most the journal's size).
-    run.run(&ct::truncate(&p.cow, sectors * 512))?;
-    undo.push(Cmd::new("rm").arg("-f").arg(&p.cow));
-    let cow = run.capture(&ct::losetup_local(&p.cow), "cow")?;
-    undo.push(ct::losetup_detach(&cow));
-    run.run(&ct::overlay_create(&p.overlay_name, dev, sectors, &cow))?;
-    undo.push(ct::overlay_remove(&p.overlay_name));
+    let cow = ct::overlay(run, undo, &p.overlay_name, dev, sectors, &p.cow)?;
     Ok(Some(cow))
 }
 
