@@ -27,12 +27,11 @@ install:
 	@for b in $(BINS); do test -x target/release/$$b || { echo "target/release/$$b missing: run make first" >&2; exit 1; }; done
 	$(INSTALL) -d $(DESTDIR)$(BINDIR)
 	for b in $(BINS); do $(INSTALL) -m 0755 target/release/$$b $(DESTDIR)$(BINDIR)/$$b; done
-# ---- units and man pages: added here by the units/man work (issue [3]) ----
+# Then the units, man pages and completions:
 # systemd units: units/*.in with @BINDIR@ substituted → $(DESTDIR)$(PREFIX)/lib/systemd/system
 # man pages:     man/*.1, man/*.5, man/*.7 → $(DESTDIR)$(PREFIX)/share/man/man{1,5,7}
 # completions:   completions/{bash,zsh,fish} → share/{bash-completion/completions,zsh/site-functions,fish/vendor_completions.d}
 	$(MAKE) --no-print-directory install-units install-man install-completions
-# ---- end of units and man pages ----
 
 uninstall:
 	for b in $(BINS); do rm -f $(DESTDIR)$(BINDIR)/$$b; done

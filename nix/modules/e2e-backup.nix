@@ -16,7 +16,7 @@ let
   # As src/paths.rs validate_job: the name becomes a unit instance, a file name and a dm name.
   validJobName = n: builtins.match "[A-Za-z0-9_][A-Za-z0-9_.@-]*" n != null
     && !(lib.hasInfix ".." n) && builtins.stringLength n <= 64;
-  # As src/config.rs parse_size / parse_size_spec.
+  # As src/size.rs parse_size / parse_size_spec.
   sizeRe = "[0-9]+([KMGTPEkmgtpe](iB|B)?)?";
   isSize = s: builtins.match sizeRe s != null;
   isSizeOrPercent = s: isSize s || builtins.match "[0-9]+(\\.[0-9]+)?%" s != null;
