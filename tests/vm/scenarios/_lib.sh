@@ -8,31 +8,50 @@ touch /run/e2e-backup-test-only-weak-pbkdf   # ... which the variable alone does
 fail() { echo "FAIL: $*" >&2; exit 1; }
 ok() { echo "ok: $*"; }
 
-# new_job JOB [DIR]: key, job file and server directory DIR (default JOB); container DIR.luks.
+# new_job JOB [DIR] [SECTION.KEY=VALUE...]: key, job file and server directory DIR (default JOB);
+# container DIR.luks. Each SECTION.KEY=VALUE sets a key of the job file to VALUE, a TOML value
+# (container.size='"512M"', sync.rsync_args='["--bwlimit=256"]'); an empty VALUE leaves the key out.
+# The one way scenarios write job files: called again for the same JOB, it rewrites the file.
 new_job() {
-  local job=$1 dir=${2:-$1}
+  local job=$1 dir=$1 kv k s
+  shift
+  if [ $# -gt 0 ] && [[ $1 != *=* ]]; then dir=$1; shift; fi
   install -d -m 0700 /etc/e2e-backup
   if [ ! -f "/etc/e2e-backup/$dir.key" ]; then
     head -c 64 /dev/urandom >"/etc/e2e-backup/$dir.key"
     chmod 600 "/etc/e2e-backup/$dir.key"
   fi
   on-server install -d -m 0700 -o "$SERVER_USER" -g "$SERVER_USER" "$SERVER_STORE/$dir"
-  cat >"/etc/e2e-backup/$job.toml" <<EOF
-[remote]
-host = "$SERVER_HOST"
-user = "$SERVER_USER"
-path = "$SERVER_STORE/$dir"
-identity_file = "$SERVER_KEY"
-known_hosts = "$SERVER_KNOWN_HOSTS"
-
-[container]
-file = "$dir.luks"
-size = "256M"
-key_file = "/etc/e2e-backup/$dir.key"
-
-[sync]
-paths = ["/data/$job"]
-EOF
+  local -A v=(
+    [remote.host]="\"$SERVER_HOST\"" [remote.user]="\"$SERVER_USER\""
+    [remote.path]="\"$SERVER_STORE/$dir\"" [remote.identity_file]="\"$SERVER_KEY\""
+    [remote.known_hosts]="\"$SERVER_KNOWN_HOSTS\""
+    [container.file]="\"$dir.luks\"" [container.size]='"256M"'
+    [container.key_file]="\"/etc/e2e-backup/$dir.key\""
+    [sync.paths]="[\"/data/$job\"]"
+  )
+  local order=(remote.host remote.user remote.path remote.identity_file remote.known_hosts
+    container.file container.size container.key_file sync.paths)
+  for kv; do
+    k=${kv%%=*}
+    [[ $k == *.* && $kv == *=* ]] || fail "new_job $job: $kv is not SECTION.KEY=VALUE"
+    [[ -v v[$k] ]] || order+=("$k")
+    v[$k]=${kv#*=}
+  done
+  {
+    for s in remote container sync retention; do
+      local head="[$s]"
+      for k in "${order[@]}"; do
+        [[ $k == "$s".* && -n ${v[$k]} ]] || continue
+        if [ -n "$head" ]; then
+          [ "$s" = remote ] || echo
+          echo "$head"
+          head=
+        fi
+        echo "${k#*.} = ${v[$k]}"
+      done
+    done
+  } >"/etc/e2e-backup/$job.toml"
 }
 
 # make_data JOB MARKER: a small tree with hard links, a symlink, an xattr, an ACL, odd owners.
