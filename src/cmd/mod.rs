@@ -2,6 +2,8 @@
 //! Every command returns the path to print on success.
 
 mod close;
+#[cfg(test)]
+mod golden;
 mod grow;
 mod list;
 mod mount;

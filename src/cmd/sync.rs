@@ -74,7 +74,7 @@ pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
 }
 
 /// What [`backup`] published: the new snapshot and the snapshots that were there before it.
-struct Published {
+pub(super) struct Published {
     dest: PathBuf,
     stamp: String,
     now: i64,
@@ -95,7 +95,7 @@ struct Published {
 /// leaves a complete new snapshot. Before rsync and before each rename the run checks that `fs/` is
 /// still the container's filesystem (an `e2e-close --force` or a lost mount must not turn the rest of
 /// the run into plaintext writes to the client's /run).
-fn backup(ctx: &Ctx, job: &Job) -> Result<Published> {
+pub(super) fn backup(ctx: &Ctx, job: &Job) -> Result<Published> {
     let run = &ctx.run;
     let fs = ctx.paths.fs.as_path();
     let snaps = fs.join("snapshots");
