@@ -185,7 +185,8 @@ pub struct TrimCli {
 /// Kills a hung sshfs. Takes the job's lock: while a run (e2e-sync, e2e-grow, e2e-trim) holds it,
 /// refuses with exit 5 unless --force. A filesystem that is in use (a running e2e-sync holds it open,
 /// or a shell sits in it) is never unmounted under it, --force or not: exit 5, nothing closed.
-/// Prints nothing.
+/// A run whose stack --force took down while it was still coming up fails with exit 5 and says
+/// that the stack was closed under it (not that the link was lost). Prints nothing.
 #[derive(Debug, Parser)]
 #[command(name = "e2e-close", version, after_help = EXIT_CODES)]
 pub struct CloseCli {

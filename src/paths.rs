@@ -41,6 +41,8 @@ pub struct JobPaths {
     /// Written by a run that opened layers itself ("PID REMOTE"): if that PID is gone, the stack
     /// is a killed run's, and the next run tears it down.
     pub owner: PathBuf,
+    /// Left by `e2e-close --force` under a running run, so that run names why its steps failed.
+    pub forced: PathBuf,
     /// ssh control socket of the NBD tunnel (e2e-trim).
     pub ssh_ctl: PathBuf,
     pub dm_name: String,
@@ -64,6 +66,7 @@ impl JobPaths {
             fs: dir.join("fs"),
             lock: dir.join("lock"),
             owner: dir.join("opened-by"),
+            forced: dir.join("closed-by-force"),
             ssh_ctl: dir.join("ssh.ctl"),
             dm_dev: Path::new("/dev/mapper").join(&dm_name),
             overlay_dev: Path::new("/dev/mapper").join(format!("{dm_name}+ro")),

@@ -10,11 +10,14 @@ use std::path::PathBuf;
 /// Tear down from any state, using only what the kernel shows (no job file needed).
 pub fn close(cli: CloseCli) -> Result<Option<PathBuf>> {
     let ctx = Ctx::new(&cli.common)?;
-    let _ = ctx.job(); // only for the server's port, to fence a dead link: closing needs no job file
-                       // A run in progress would go on writing into whatever is at fs/ once the container is gone.
+    // Only for the server's port, to fence a dead link: closing needs no job file.
+    let _ = ctx.job();
+    // A run in progress would go on writing into whatever is at fs/ once the container is gone.
     let _lock = match lock(&ctx) {
         Err(e) if cli.force && code_of(&e) == Code::Locked => {
             eprintln!("warning: {e:#}; closing anyway (--force): that run will fail");
+            // Read by that run when its next step fails (see stack::lost_link).
+            let _ = std::fs::write(&ctx.paths.forced, format!("{}\n", std::process::id()));
             None
         }
         Err(e) if code_of(&e) == Code::Locked => {
@@ -25,6 +28,11 @@ pub fn close(cli: CloseCli) -> Result<Option<PathBuf>> {
         }
         l => l?,
     };
-    teardown(&ctx, cli.keep_remote)?;
+    let r = teardown(&ctx, cli.keep_remote);
+    if r.is_err() {
+        // Nothing closed under that run (its filesystem was in use, say): it has nothing to learn.
+        let _ = std::fs::remove_file(&ctx.paths.forced);
+    }
+    r?;
     Ok(None)
 }

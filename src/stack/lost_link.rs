@@ -33,6 +33,13 @@ pub(crate) fn explain_lost_link(
     if !candidate || ctx.run.is_dry() {
         return e;
     }
+    if std::fs::remove_file(&ctx.paths.forced).is_ok() {
+        // Not the link: e2e-close --force took the stack down under this run.
+        return fail(
+            Code::Locked,
+            format!("the stack was closed under this run by e2e-close --force ({e:#}): this run made no snapshot; run again"),
+        );
+    }
     if !lost {
         // Writes into the sparse container fail (EIO under ext4) when the server's disk fills up.
         let free = ctx

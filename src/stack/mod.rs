@@ -246,7 +246,11 @@ pub(crate) fn lock(ctx: &Ctx) -> Result<Option<nix::fcntl::Flock<std::fs::File>>
         .write(true)
         .open(&ctx.paths.lock)?;
     match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
-        Ok(l) => Ok(Some(l)),
+        Ok(l) => {
+            // A forced close of an earlier run is that run's news, not this one's.
+            let _ = std::fs::remove_file(&ctx.paths.forced);
+            Ok(Some(l))
+        }
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(fail(
             Code::Locked,
             format!(
