@@ -141,3 +141,62 @@ fn verify_from_nothing() {
     super::verify::verify(&f.ctx, &f.job, "latest").unwrap();
     check("verify", &f.script());
 }
+
+/// The same create + sync, checked in the terms of the publish order rather than byte for byte:
+/// the steps that matter are there, in order, whatever else the golden file shows.
+#[test]
+fn create_and_sync_keeps_the_publish_order() {
+    let f = Fixture::new("order", true);
+    with_stack(&f.ctx, &f.job, false, |_| {
+        super::sync::backup(&f.ctx, &f.job)
+    })
+    .unwrap();
+    let script = f.ctx.run.script();
+    let text = script.join("\n");
+    let run = "/run/e2e-backup/golden";
+    let file = format!("{run}/remote/golden.luks");
+    let building = format!("{run}/remote/.golden.luks.creating");
+    let key = f.dir.join("k");
+    let k = key.display();
+    let expect_in_order = [
+        "set -e".to_string(),
+        format!("install -d -m 0700 {run} {run}/remote {run}/fs"),
+        format!("sshfs alice@backup.example.org:/srv/backup/alice {run}/remote -F /dev/null -o allow_other"),
+        format!("test '!' -e {file}"),
+        format!("test '!' -L {file}"),
+        format!("sh -c 'set -C && : >\"$1\"' e2e-create {building}"),
+        format!("truncate -s 1073741824 {building}"),
+        format!("loop=$(losetup -f --show --direct-io=on {building})"),
+        format!("cryptsetup luksFormat --type luks2 --batch-mode --key-file {k} --sector-size 4096 \"$loop\""),
+        format!("cryptsetup open --key-file {k} \"$loop\" e2e-golden"),
+        "mkfs.ext4 -q -m0".to_string(),
+        format!("mv -T {building} {file}"),
+        format!("mount -t ext4 -o rw,nosuid,nodev,noinit_itable,errors=remount-ro,data_err=abort /dev/mapper/e2e-golden {run}/fs"),
+        "rsync -aHAX --numeric-ids --delete --delete-excluded".to_string(),
+        // The publish order: flush, rename, latest, flush.
+        format!("sync -f {run}/fs"),
+        format!("mv -T {run}/fs/snapshots/"),
+        format!("mv -T {run}/fs/latest.tmp {run}/fs/latest"),
+        format!("sync -f {run}/fs"),
+        format!("umount {run}/fs"),
+        "cryptsetup close e2e-golden".to_string(),
+        "losetup -d \"$loop\"".to_string(),
+        format!("-u {run}/remote"),
+    ];
+    assert!(text.contains("--exclude=/run/e2e-backup/ "), "{text}");
+    let mut at = 0;
+    for e in &expect_in_order {
+        let i = script[at..]
+            .iter()
+            .position(|l| l.contains(e.as_str()))
+            .unwrap_or_else(|| panic!("{e:?} not found after line {at} in:\n{text}"));
+        at += i + 1;
+    }
+    let sh = std::process::Command::new("sh")
+        .arg("-n")
+        .arg("-c")
+        .arg(&text)
+        .status()
+        .unwrap();
+    assert!(sh.success(), "sh -n rejects:\n{text}");
+}
