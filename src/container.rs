@@ -5,7 +5,7 @@
 //! 2 GiB take 255 s against 7 s with direct I/O.
 
 use crate::error::{Code, Fail};
-use crate::exec::{Arg, Cmd, Runner, Undo};
+use crate::exec::{Arg, Cmd, Runner, Step, Undo};
 use anyhow::Result;
 use std::path::Path;
 
@@ -173,8 +173,12 @@ pub fn luks_resize(dm_name: &str, key: &Path) -> Cmd {
         .arg(dm_name)
 }
 
-// The lifecycle steps: each runs its commands through the one Runner and pushes onto `undo` what
-// undoes it, so a bring-up that fails half-way unwinds in reverse.
+// The lifecycle steps: each hands its commands to the one Runner as one list, with what undoes
+// each, so a bring-up that fails half-way unwinds in reverse.
+
+fn remove(file: &Path) -> Cmd {
+    Cmd::new("rm").arg("-f").arg(file)
+}
 
 /// Format a new container under its building name: an empty file made exclusively, sized sparse,
 /// attached to a loop device, luksFormat'ed, opened as `dm_name`. Returns the loop device.
@@ -186,64 +190,59 @@ pub fn format(
     key: &Path,
     dm_name: &str,
 ) -> Result<Arg> {
-    run.run(&create_exclusive(building))?;
-    undo.push(Cmd::new("rm").arg("-f").arg(building));
-    run.run(&truncate(building, size))?;
-    let lp = attach(run, undo, building, false, None)?;
-    run.run(&luks_format(&lp, key, test_pbkdf()))?;
+    let lp = Arg::Var("loop");
     let rw = OpenOpts {
         read_only: false,
         allow_discards: false,
     };
-    open(
-        run,
+    let v = run.steps(
         undo,
-        &lp,
-        key,
-        dm_name,
-        &rw,
-        &building.display().to_string(),
+        vec![
+            Step::run(create_exclusive(building)).undo(remove(building)),
+            Step::run(truncate(building, size)),
+            Step::capture("loop", losetup_attach(building, false)).undo(losetup_detach(&lp)),
+            Step::run(luks_format(&lp, key, test_pbkdf())),
+            open(&lp, key, dm_name, &rw, &building.display().to_string()),
+        ],
     )?;
-    Ok(lp)
+    Ok(v.get("loop"))
 }
 
-/// The loop device of `file`: `existing` if one already backs it, else a new one (undo: detach).
-pub fn attach(
+/// Attach `file` to a loop device unless `existing` already backs it (undo: detach), and open the
+/// LUKS mapping `dm_name` on it (undo: close). Returns the loop device.
+pub fn attach_open(
     run: &Runner,
     undo: &mut Undo,
     file: &Path,
-    read_only: bool,
     existing: Option<Arg>,
+    key: &Path,
+    dm_name: &str,
+    o: &OpenOpts,
 ) -> Result<Arg> {
-    if let Some(l) = existing {
-        return Ok(l);
+    let lp = existing.clone().unwrap_or(Arg::Var("loop"));
+    let mut steps = Vec::new();
+    if existing.is_none() {
+        steps.push(
+            Step::capture("loop", losetup_attach(file, o.read_only)).undo(losetup_detach(&lp)),
+        );
     }
-    let l = run.capture(&losetup_attach(file, read_only), "loop")?;
-    undo.push(losetup_detach(&l));
-    Ok(l)
+    steps.push(open(&lp, key, dm_name, o, &file.display().to_string()));
+    let v = run.steps(undo, steps)?;
+    Ok(existing.unwrap_or_else(|| v.get("loop")))
 }
 
 /// Open the LUKS mapping `dm_name` on `dev` (undo: close). No separate key test first: a wrong key
 /// fails here (exit 2), named for the container `shown`.
-pub fn open(
-    run: &Runner,
-    undo: &mut Undo,
-    dev: &Arg,
-    key: &Path,
-    dm_name: &str,
-    o: &OpenOpts,
-    shown: &str,
-) -> Result<()> {
+fn open(dev: &Arg, key: &Path, dm_name: &str, o: &OpenOpts, shown: &str) -> Step {
     let shown = shown.to_string();
-    run.run(
-        &luks_open(dev, key, dm_name, o).on_fail(move |rc, _| (rc == 2).then(|| wrong_key(&shown))),
-    )?;
-    undo.push(luks_close(dm_name));
-    Ok(())
+    Step::run(
+        luks_open(dev, key, dm_name, o).on_fail(move |rc, _| (rc == 2).then(|| wrong_key(&shown))),
+    )
+    .undo(luks_close(dm_name))
 }
 
 /// Grow the container to `new` bytes online: file → loop capacity → LUKS (systemd-homed's order;
-/// the filesystem follows, by its own layer).
+/// the filesystem follows, by its own layer). Nothing to undo: each step only grows.
 pub fn grow(
     run: &Runner,
     file: &Path,
@@ -252,10 +251,11 @@ pub fn grow(
     key: &Path,
     new: u64,
 ) -> Result<()> {
-    run.run(&truncate(file, new))?;
-    run.run(&losetup_refresh(loop_dev))?;
-    run.run(&luks_resize(dm_name, key))?;
-    Ok(())
+    run.all(vec![
+        Step::run(truncate(file, new)),
+        Step::run(losetup_refresh(loop_dev)),
+        Step::run(luks_resize(dm_name, key)),
+    ])
 }
 
 /// A read-only overlay NAME over ORIGIN (SECTORS long): a sparse copy-on-write file `cow_file` on
@@ -270,13 +270,28 @@ pub fn overlay(
 ) -> Result<Arg> {
     // Sparse, as large as the container: dm-snapshot drops a snapshot whose store fills up, and
     // tmpfs only holds what is written (the journal's replay: at most the journal's size).
-    run.run(&truncate(cow_file, sectors * 512))?;
-    undo.push(Cmd::new("rm").arg("-f").arg(cow_file));
-    let cow = run.capture(&losetup_local(cow_file), "cow")?;
-    undo.push(losetup_detach(&cow));
-    run.run(&overlay_create(name, origin, sectors, &cow))?;
-    undo.push(overlay_remove(name));
+    let v = run.steps(
+        undo,
+        vec![
+            Step::run(truncate(cow_file, sectors * 512)).undo(remove(cow_file)),
+            Step::capture("cow", losetup_local(cow_file)).undo(losetup_detach(Arg::Var("cow"))),
+        ],
+    )?;
+    // The table names the device inside one argument, so it is built once the device is known.
+    let cow = v.get("cow");
+    run.steps(
+        undo,
+        vec![Step::run(overlay_create(name, origin, sectors, &cow)).undo(overlay_remove(name))],
+    )?;
     Ok(cow)
+}
+
+/// Remove a read-only overlay: the snapshot mapping, then its copy-on-write loop device(s) and file.
+pub fn remove_overlay(name: &str, cow_loops: &[Arg], cow_file: &Path) -> Vec<Step> {
+    let mut steps = vec![Step::run(overlay_remove(name))];
+    steps.extend(cow_loops.iter().map(|l| Step::run(losetup_detach(l))));
+    steps.push(Step::run(remove(cow_file)));
+    steps
 }
 
 #[cfg(test)]

@@ -89,9 +89,12 @@ const OWN_HOST_RECHECKS: usize = 3;
 /// updates among them) once the link is back, and e2fsck sees the block change. Such a stream ends; a
 /// live holder updates the block every 5 s. So fsck runs again, up to [`OWN_HOST_RECHECKS`] times:
 /// each run is e2fsck's own MMP wait, so a live holder is still refused.
-pub fn check(run: &crate::exec::Runner, dev: &Path) -> anyhow::Result<()> {
-    // The kernel's node name: what the kernel (kmmpd) and e2fsck write into the MMP block.
-    let me = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+pub fn check(
+    run: &crate::exec::Runner,
+    k: &crate::kernel::Kernel,
+    dev: &Path,
+) -> anyhow::Result<()> {
+    let me = k.hostname();
     let mut rechecks = 0;
     loop {
         let Err(e) = run.run(&fsck(dev)) else {

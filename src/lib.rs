@@ -9,6 +9,7 @@ pub mod container;
 pub mod error;
 pub mod exec;
 pub mod filesystem;
+pub mod kernel;
 pub mod manifest;
 pub mod paths;
 pub mod progress;

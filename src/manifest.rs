@@ -326,7 +326,8 @@ mod tests {
 
     #[test]
     fn manifest_reuses_hashes_of_linked_files_only() {
-        let d = std::env::temp_dir().join(format!("e2e-split-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().to_path_buf();
         let (prev, new) = (d.join("prev"), d.join("new"));
         for p in [&prev, &new] {
             std::fs::create_dir_all(p.join("sub")).unwrap();
@@ -358,7 +359,6 @@ mod tests {
         let mut all = reused.clone();
         all.extend(m.clone());
         assert_eq!(parse(&render(&all)).unwrap(), all);
-        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

@@ -4,7 +4,8 @@
 use crate::config::Remote;
 use crate::error::{fail, Code, Fail};
 use crate::exec::{last_line, quote, Cmd, Runner};
-use crate::paths::{mount_at, JobPaths};
+use crate::kernel::{orphan_ports, Kernel};
+use crate::paths::JobPaths;
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -152,7 +153,10 @@ pub fn sshfs(r: &Remote, mountpoint: &Path, foreground: bool) -> Cmd {
 }
 
 pub fn is_mounted(paths: &JobPaths) -> bool {
-    mount_at(&paths.remote).is_some_and(|m| m.fstype == "fuse.sshfs")
+    paths
+        .kernel
+        .mount_at(&paths.remote)
+        .is_some_and(|m| m.fstype == "fuse.sshfs")
 }
 
 /// Create /run/e2e-backup/<job>/ and its subdirectories with mode 0700.
@@ -161,7 +165,7 @@ pub fn make_dirs(run: &Runner, paths: &JobPaths) -> Result<()> {
         .into_iter()
         // A dead sshfs leaves its mountpoint failing stat (ENOTCONN): it exists all the same, and
         // `install -d` on it would fail before e2e-sync could clear the stale stack.
-        .filter(|p| !p.is_dir() && crate::paths::mount_at(p).is_none())
+        .filter(|p| !p.is_dir() && paths.kernel.mount_at(p).is_none())
         .collect();
     if missing.is_empty() {
         return Ok(());
@@ -215,31 +219,19 @@ pub fn fusermount() -> &'static str {
 }
 
 /// pids of sshfs processes serving `mountpoint`.
-pub fn sshfs_pids(mountpoint: &Path) -> Vec<i32> {
-    let mut pids = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return pids;
-    };
+pub fn sshfs_pids(k: &Kernel, mountpoint: &Path) -> Vec<i32> {
     let mp = mountpoint.to_string_lossy();
-    for e in rd.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        let is_sshfs = args
-            .first()
-            .is_some_and(|a| a == "sshfs" || a.ends_with("/sshfs"));
-        if is_sshfs && args.iter().any(|a| a.trim_end_matches('/') == mp) {
-            pids.push(pid);
-        }
-    }
-    pids
+    k.processes()
+        .into_iter()
+        .filter(|p| {
+            let is_sshfs = p
+                .argv
+                .first()
+                .is_some_and(|a| a == "sshfs" || a.ends_with("/sshfs"));
+            is_sshfs && p.argv.iter().any(|a| a.trim_end_matches('/') == mp)
+        })
+        .map(|p| p.pid)
+        .collect()
 }
 
 /// Whether the sshfs mount answers a statfs within `limit` (a stopped sshfs or a dead link does not).
@@ -254,26 +246,18 @@ pub fn responsive(paths: &JobPaths, limit: Duration) -> bool {
 }
 
 /// pids of the ssh processes the sshfs processes `parents` started.
-fn ssh_children(parents: &[i32]) -> Vec<i32> {
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    rd.flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
-        .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // "pid (comm) state ppid ...": comm may hold spaces, so split after the last ')'.
-            let (comm, rest) = stat.rsplit_once(')').unwrap_or(("", ""));
-            let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok());
-            comm.ends_with("(ssh") && ppid.is_some_and(|p| parents.contains(&p))
-        })
+fn ssh_children(k: &Kernel, parents: &[i32]) -> Vec<i32> {
+    k.processes()
+        .into_iter()
+        .filter(|p| p.comm == "ssh" && p.ppid.is_some_and(|pp| parents.contains(&pp)))
+        .map(|p| p.pid)
         .collect()
 }
 
 /// The processes of the job's connection: its sshfs and the ssh each sshfs started.
 pub fn connection_pids(paths: &JobPaths) -> Vec<i32> {
-    let sshfs = sshfs_pids(&paths.remote);
-    let mut pids = ssh_children(&sshfs);
+    let sshfs = sshfs_pids(&paths.kernel, &paths.remote);
+    let mut pids = ssh_children(&paths.kernel, &sshfs);
     pids.extend(&sshfs);
     pids
 }
@@ -296,14 +280,12 @@ pub fn fence(run: &Runner, paths: &JobPaths, port: u16) -> Result<()> {
         return Ok(());
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while pids
-        .iter()
-        .any(|p| Path::new(&format!("/proc/{p}")).exists())
+    while pids.iter().any(|p| paths.kernel.process_exists(*p))
         && std::time::Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(100));
     }
-    for lport in crate::paths::orphan_ports(&crate::paths::tcp_tables(), port) {
+    for lport in orphan_ports(&paths.kernel.tcp_tables(), port) {
         run.run(
             &Cmd::new("ss")
                 .args(["-K", "-t", "-n", "state", "all"])

@@ -223,7 +223,8 @@ mod tests {
 
     #[test]
     fn gate_and_state_file() {
-        let dir = std::env::temp_dir().join(format!("e2e-rollback-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         let f = dir.join("job").join("last-snapshot");
         assert!(gate(&f, &seen(&[A]), false).unwrap(), "no state yet");
         remember(&f, &st(C)).unwrap();
@@ -236,6 +237,5 @@ mod tests {
             "accepted, but no pruning"
         );
         assert!(gate(&f, &seen(&[A, B, C]), false).unwrap());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

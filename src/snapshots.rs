@@ -326,7 +326,8 @@ mod tests {
 
     #[test]
     fn spec_resolves_latest() {
-        let dir = std::env::temp_dir().join(format!("e2e-spec-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(dir.join("snapshots/2024-01-02T00:00:00Z")).unwrap();
         let _ = std::fs::remove_file(dir.join("latest"));
         std::os::unix::fs::symlink("snapshots/2024-01-02T00:00:00Z", dir.join("latest")).unwrap();
@@ -339,7 +340,6 @@ mod tests {
         assert_eq!((s.stamp.as_str(), s.rest), ("2023-05-06T07:08:09Z", ""));
         assert!(parse_spec(&dir, "latest/a/../../b").is_err());
         assert!(parse_spec(&dir, "2023-05-06/x").is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -429,7 +429,8 @@ mod tests {
 
     #[test]
     fn scan_and_latest() {
-        let dir = std::env::temp_dir().join(format!("e2e-snap-test-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         let snaps = dir.join("snapshots");
         for n in [
             "2024-01-02T00:00:00Z",
@@ -447,6 +448,5 @@ mod tests {
         );
         assert_eq!(left, ["2024-01-03T00:00:00Z.inflight"]);
         assert_eq!(latest(&dir).as_deref(), Some("2024-01-02T00:00:00Z"));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,33 +1,38 @@
-//! Golden dry-run scripts: for each state a run can start from (today: nothing of the job up on this
-//! host), the whole `--dry-run` script of a command compared byte for byte with
-//! tests/golden/dry-run/NAME.sh. `E2E_UPDATE_GOLDEN=1 cargo test` rewrites them; review the diff.
-//! What varies between machines and runs is replaced first: the key file's directory (`$KEYDIR`),
-//! the snapshot stamp (`STAMP`) and the fusermount flavour (`fusermount3`).
+//! Golden dry-run scripts: for each state a run can start from (nothing of the job up, the remote
+//! only, a half-open mapping, a killed run's stack, a read-only open), the whole `--dry-run` script
+//! of a command compared byte for byte with tests/golden/dry-run/NAME.sh. The state is a fixture
+//! tree (run directory, /proc, /sys) under a temporary root that the kernel views read.
+//! `E2E_UPDATE_GOLDEN=1 cargo test` rewrites the files; review the diff. What varies between
+//! machines and runs is replaced first: the temporary root (by `/`), the key file's directory
+//! (`$KEYDIR`), the snapshot stamp (`STAMP`) and the fusermount flavour (`fusermount3`).
 
 use crate::cli::Common;
 use crate::config::{Job, Overrides};
 use crate::exec::Runner;
+use crate::paths::JobPaths;
 use crate::stack::{with_stack, Ctx};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 struct Fixture {
-    dir: PathBuf,
+    dir: tempfile::TempDir,
+    /// The host's root as the run sees it: its run directory, /proc and /sys.
+    root: PathBuf,
     ctx: Ctx,
     job: Job,
 }
 
 impl Fixture {
-    fn new(name: &str, create: bool) -> Self {
-        let dir = std::env::temp_dir().join(format!("e2e-golden-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let key = dir.join("k");
+    fn new(create: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let key = dir.path().join("k");
         std::fs::write(&key, [1u8; 32]).unwrap();
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
         let common = Common {
             job: "golden".into(),
             config: None,
-            config_dir: Some(dir.clone()),
+            config_dir: Some(dir.path().to_path_buf()),
             dry_run: true,
             verbose: false,
             overrides: Overrides {
@@ -42,10 +47,75 @@ impl Fixture {
                 ..Overrides::default()
             },
         };
-        let ctx = Ctx::with_runner(&common, Runner::buffered()).unwrap();
+        let mut ctx = Ctx::with_runner(&common, Runner::buffered()).unwrap();
+        ctx.paths = JobPaths::under(&root, "golden").unwrap();
         let mut job = ctx.job().unwrap();
         job.container.create = create;
-        Fixture { dir, ctx, job }
+        Fixture {
+            dir,
+            root,
+            ctx,
+            job,
+        }
+    }
+
+    fn write(&self, path: &Path, text: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let mut old = std::fs::read_to_string(path).unwrap_or_default();
+        old.push_str(text);
+        std::fs::write(path, old).unwrap();
+    }
+
+    fn mount(&self, mountpoint: &Path, fstype: &str, source: &str, options: &str) {
+        std::fs::create_dir_all(mountpoint).unwrap();
+        let line = format!(
+            "40 30 0:50 / {} {options} shared:9 - {fstype} {source} rw\n",
+            mountpoint.display()
+        );
+        self.write(&self.root.join("proc/self/mountinfo"), &line);
+    }
+
+    /// The job's sshfs is mounted and holds the container file.
+    fn remote_mounted(self) -> Self {
+        let p = &self.ctx.paths;
+        let src = "alice@backup.example.org:/srv/backup/alice";
+        self.mount(&p.remote, "fuse.sshfs", src, "rw,nosuid,nodev");
+        self.write(&self.ctx.container_file(&self.job), "");
+        self
+    }
+
+    /// The container is attached to loop0 and open as the job's LUKS mapping (dm-0).
+    fn mapped(self) -> Self {
+        let sys = self.root.join("sys/block");
+        let file = self.ctx.container_file(&self.job);
+        self.write(
+            &sys.join("loop0/loop/backing_file"),
+            &format!("{}\n", file.display()),
+        );
+        self.write(&sys.join("dm-0/dm/name"), "e2e-golden\n");
+        std::fs::create_dir_all(sys.join("dm-0/slaves/loop0")).unwrap();
+        self
+    }
+
+    /// The container's ext4 is mounted at fs/, read-write or read-only.
+    fn fs_mounted(self, options: &str) -> Self {
+        let p = &self.ctx.paths;
+        self.mount(&p.fs, "ext4", "/dev/mapper/e2e-golden", options);
+        self
+    }
+
+    /// fs/ holds one snapshot, `latest`.
+    fn with_a_snapshot(self) -> Self {
+        let fs = &self.ctx.paths.fs;
+        std::fs::create_dir_all(fs.join("snapshots/2026-11-30T01:00:00Z/home")).unwrap();
+        std::os::unix::fs::symlink("snapshots/2026-11-30T01:00:00Z", fs.join("latest")).unwrap();
+        self
+    }
+
+    /// The run that opened the stack was killed (its pid is gone); it had mounted the remote.
+    fn left_by_killed_run(self) -> Self {
+        self.write(&self.ctx.paths.owner, "999999 1\n");
+        self
     }
 
     /// The script so far, with what varies replaced; `sh -n` must accept it.
@@ -58,7 +128,8 @@ impl Fixture {
             .status()
             .unwrap();
         assert!(sh.success(), "sh -n rejects:\n{text}");
-        let text = text.replace(&self.dir.display().to_string(), "$KEYDIR");
+        let text = text.replace(&format!("{}/", self.root.display()), "/");
+        let text = text.replace(&self.dir.path().display().to_string(), "$KEYDIR");
         let text = text.replace("fusermount ", "fusermount3 ");
         let stamp = regex_lite_stamp(&text);
         match stamp {
@@ -66,11 +137,12 @@ impl Fixture {
             None => text,
         }
     }
-}
 
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+    fn sync(&self) -> anyhow::Result<()> {
+        with_stack(&self.ctx, &self.job, false, |_| {
+            super::sync::backup(&self.ctx, &self.job)
+        })
+        .map(drop)
     }
 }
 
@@ -110,34 +182,89 @@ fn check(name: &str, got: &str) {
 
 #[test]
 fn create_and_sync_from_nothing() {
-    let f = Fixture::new("create", true);
-    with_stack(&f.ctx, &f.job, false, |_| {
-        super::sync::backup(&f.ctx, &f.job)
-    })
-    .unwrap();
+    let f = Fixture::new(true);
+    f.sync().unwrap();
     check("create-and-sync", &f.script());
 }
 
 #[test]
 fn sync_from_nothing() {
-    let f = Fixture::new("sync", false);
-    with_stack(&f.ctx, &f.job, false, |_| {
-        super::sync::backup(&f.ctx, &f.job)
-    })
-    .unwrap();
+    let f = Fixture::new(false);
+    f.sync().unwrap();
     check("sync", &f.script());
 }
 
 #[test]
+fn sync_with_the_remote_mounted() {
+    let f = Fixture::new(false).remote_mounted();
+    f.sync().unwrap();
+    check("sync-remote-only", &f.script());
+}
+
+#[test]
+fn sync_with_the_mapping_open_and_no_mount() {
+    let f = Fixture::new(false).remote_mounted().mapped();
+    f.sync().unwrap();
+    check("sync-half-open", &f.script());
+}
+
+#[test]
+fn sync_over_the_stack_of_a_killed_run() {
+    let f = Fixture::new(false)
+        .remote_mounted()
+        .mapped()
+        .fs_mounted("rw,relatime")
+        .left_by_killed_run();
+    f.sync().unwrap();
+    check("sync-killed-run", &f.script());
+}
+
+#[test]
+fn sync_refuses_a_read_only_mount() {
+    let f = Fixture::new(false)
+        .remote_mounted()
+        .mapped()
+        .fs_mounted("ro,relatime");
+    let e = f.sync().unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}/run/e2e-backup/golden/fs is mounted read-only (a restore, or ext4 remounted it after an I/O error): run e2e-close golden and retry",
+            f.root.display()
+        )
+    );
+    let ran: Vec<String> = f
+        .ctx
+        .run
+        .script()
+        .into_iter()
+        .skip(1)
+        .filter(|l| !l.starts_with('#'))
+        .collect();
+    assert_eq!(ran, Vec::<String>::new(), "nothing ran");
+}
+
+#[test]
 fn restore_from_nothing() {
-    let f = Fixture::new("restore", false);
+    let f = Fixture::new(false);
     super::restore::restore(&f.ctx, &f.job, "latest/home/", "/srv/restore", false).unwrap();
     check("restore", &f.script());
 }
 
 #[test]
+fn restore_from_a_read_only_open() {
+    let f = Fixture::new(false)
+        .remote_mounted()
+        .mapped()
+        .fs_mounted("ro,relatime")
+        .with_a_snapshot();
+    super::restore::restore(&f.ctx, &f.job, "latest/home/", "/srv/restore", false).unwrap();
+    check("restore-open-read-only", &f.script());
+}
+
+#[test]
 fn verify_from_nothing() {
-    let f = Fixture::new("verify", false);
+    let f = Fixture::new(false);
     super::verify::verify(&f.ctx, &f.job, "latest").unwrap();
     check("verify", &f.script());
 }
@@ -146,18 +273,14 @@ fn verify_from_nothing() {
 /// the steps that matter are there, in order, whatever else the golden file shows.
 #[test]
 fn create_and_sync_keeps_the_publish_order() {
-    let f = Fixture::new("order", true);
-    with_stack(&f.ctx, &f.job, false, |_| {
-        super::sync::backup(&f.ctx, &f.job)
-    })
-    .unwrap();
-    let script = f.ctx.run.script();
-    let text = script.join("\n");
+    let f = Fixture::new(true);
+    f.sync().unwrap();
+    let text = f.script();
+    let script: Vec<&str> = text.lines().collect();
     let run = "/run/e2e-backup/golden";
     let file = format!("{run}/remote/golden.luks");
     let building = format!("{run}/remote/.golden.luks.creating");
-    let key = f.dir.join("k");
-    let k = key.display();
+    let k = "$KEYDIR/k";
     let expect_in_order = [
         "set -e".to_string(),
         format!("install -d -m 0700 {run} {run}/remote {run}/fs"),
@@ -192,11 +315,4 @@ fn create_and_sync_keeps_the_publish_order() {
             .unwrap_or_else(|| panic!("{e:?} not found after line {at} in:\n{text}"));
         at += i + 1;
     }
-    let sh = std::process::Command::new("sh")
-        .arg("-n")
-        .arg("-c")
-        .arg(&text)
-        .status()
-        .unwrap();
-    assert!(sh.success(), "sh -n rejects:\n{text}");
 }

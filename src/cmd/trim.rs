@@ -5,28 +5,11 @@ use crate::container::{self as ct, OpenOpts};
 use crate::error::{code_of, fail, Code};
 use crate::exec::{Cmd, Runner, Undo};
 use crate::filesystem as fsys;
-use crate::paths::{dm_slaves, loops_backed_by};
 use crate::remote;
 use crate::size::human;
 use crate::stack::{lock, Ctx};
 use anyhow::Result;
-use std::path::{Path, PathBuf};
-
-fn free_nbd_device() -> Option<PathBuf> {
-    let mut devs: Vec<(u32, PathBuf)> = std::fs::read_dir("/sys/block")
-        .ok()?
-        .flatten()
-        .filter_map(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            let i: u32 = n.strip_prefix("nbd")?.parse().ok()?;
-            // A connected device has a pid file and a non-zero size.
-            let busy = e.path().join("pid").exists();
-            (!busy).then(|| (i, Path::new("/dev").join(&n)))
-        })
-        .collect();
-    devs.sort();
-    devs.into_iter().next().map(|d| d.1)
-}
+use std::path::PathBuf;
 
 pub fn trim(cli: TrimCli) -> Result<Option<PathBuf>> {
     let ctx = Ctx::new(&cli.common)?;
@@ -37,8 +20,8 @@ pub fn trim(cli: TrimCli) -> Result<Option<PathBuf>> {
     let r = &job.remote;
     let file = ctx.container_file(&job);
     if ctx.fs_mounted()
-        || dm_slaves(&p.dm_name).is_some()
-        || !loops_backed_by(&file, false).is_empty()
+        || p.kernel.dm_slaves(&p.dm_name).is_some()
+        || !p.kernel.loops_backed_by(&file, false).is_empty()
     {
         return Err(fail(
             Code::Refused,
@@ -47,10 +30,14 @@ pub fn trim(cli: TrimCli) -> Result<Option<PathBuf>> {
     }
     let key = job.key_file()?;
     // The nbd module is often not loaded until first use.
-    if cli.nbd_device.is_none() && !Path::new("/sys/module/nbd").exists() {
+    if cli.nbd_device.is_none() && !p.kernel.module_loaded("nbd") {
         run.run(&Cmd::new("modprobe").arg("nbd"))?;
     }
-    let nbd = match cli.nbd_device.clone().or_else(free_nbd_device) {
+    let nbd = match cli
+        .nbd_device
+        .clone()
+        .or_else(|| p.kernel.free_nbd_device())
+    {
         Some(d) => d,
         None if run.is_dry() => PathBuf::from("/dev/nbd0"),
         None => {
@@ -125,7 +112,7 @@ pub fn trim(cli: TrimCli) -> Result<Option<PathBuf>> {
         },
     ))?;
     undo.push(ct::luks_close(&p.dm_name));
-    fsys::check(run, &p.dm_dev)?;
+    fsys::check(run, &p.kernel, &p.dm_dev)?;
     run.run(&fsys::mount(&p.dm_dev, &p.fs, false))?;
     undo.push(fsys::umount(&p.fs));
     let out = run.run(&fsys::fstrim(&p.fs))?;

@@ -44,8 +44,8 @@ mod tests {
     #[test]
     fn key_file_mode() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("e2e-key-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         let k = dir.join("k");
         std::fs::write(&k, "secret").unwrap();
         std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -56,6 +56,5 @@ mod tests {
         std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(check_key_file(&k).is_ok());
         assert!(check_key_file(&dir.join("missing")).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

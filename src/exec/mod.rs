@@ -14,12 +14,14 @@ use std::time::{Duration, Instant};
 
 mod cmd;
 mod signals;
+mod steps;
 mod undo;
 
 use cmd::spawn_error;
 pub use cmd::{last_line, quote, Arg, Cmd, Output};
 pub use signals::{catch_signals, check_interrupted, stalled, stop_stalled};
 use signals::{CHILD, SIGNAL};
+pub use steps::{Step, Vars};
 pub use undo::Undo;
 
 static DRY_RUN: AtomicBool = AtomicBool::new(false);
@@ -54,11 +56,11 @@ impl Drop for Unwinding {
 }
 
 /// The running step, registered so that a signal stops it; unregistered when dropped.
-struct Step {
+struct Running {
     interruptible: bool,
 }
 
-impl Step {
+impl Running {
     fn start(interruptible: bool, child: &std::process::Child) -> Self {
         if interruptible {
             CHILD.store(child.id() as i32, Ordering::SeqCst);
@@ -67,7 +69,7 @@ impl Step {
                 unsafe { nix::libc::kill(-(child.id() as i32), nix::libc::SIGTERM) };
             }
         }
-        Step { interruptible }
+        Running { interruptible }
     }
     /// After the child ended: a stopped step is reported as the stop, not as its own failure.
     fn finish(self) -> Result<()> {
@@ -79,7 +81,7 @@ impl Step {
     }
 }
 
-impl Drop for Step {
+impl Drop for Running {
     fn drop(&mut self) {
         if self.interruptible {
             CHILD.store(0, Ordering::SeqCst);
@@ -209,7 +211,7 @@ impl Runner {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| spawn_error(cmd, e))?;
-        let step = Step::start(interruptible, &child);
+        let step = Running::start(interruptible, &child);
         let out = child.wait_with_output()?;
         step.finish()?;
         let o = Output {
@@ -233,7 +235,7 @@ impl Runner {
         }
         let interruptible = self.begin(cmd)?;
         let mut child = cmd.spawn_piped()?;
-        let step = Step::start(interruptible, &child);
+        let step = Running::start(interruptible, &child);
         let deadline = Instant::now() + limit;
         let status = loop {
             if let Some(s) = child.try_wait()? {
@@ -280,7 +282,7 @@ impl Runner {
         }
         let interruptible = self.begin(cmd)?;
         let mut child = cmd.spawn_piped()?;
-        let step = Step::start(interruptible, &child);
+        let step = Running::start(interruptible, &child);
         let mut err_pipe = child.stderr.take().expect("piped");
         let err_thread = std::thread::spawn(move || {
             let mut s = Vec::new();

@@ -22,6 +22,11 @@ impl<'a> Undo<'a> {
     pub fn done(mut self) {
         self.steps.clear();
     }
+    /// The undo steps as they would run, newest first (for tests).
+    #[cfg(test)]
+    pub fn pending(&self) -> Vec<String> {
+        self.steps.iter().rev().map(Cmd::render).collect()
+    }
 }
 
 impl Drop for Undo<'_> {

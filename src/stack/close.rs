@@ -3,12 +3,12 @@
 use super::{Ctx, Stack};
 use crate::container as ct;
 use crate::error::{Code, Fail};
-use crate::exec::{Arg, Cmd, Runner};
+use crate::exec::{Arg, Cmd, Step};
 use crate::filesystem as fsys;
-use crate::paths::{dm_slaves, loops_backed_by, mount_at, JobPaths};
+use crate::paths::JobPaths;
 use crate::remote;
 use anyhow::Result;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Unmount the container's ext4 within a minute: over a hung or dead sshfs the flush blocks, so
@@ -16,7 +16,7 @@ use std::time::Duration;
 /// `known`: this run mounted it (a dry-run cannot see that in the mount table).
 pub(crate) fn unmount_fs(ctx: &Ctx, known: bool) -> Result<()> {
     let (run, p) = (&ctx.run, &ctx.paths);
-    if !known && mount_at(&p.fs).is_none() {
+    if !known && p.kernel.mount_at(&p.fs).is_none() {
         return Ok(());
     }
     let shown = p.fs.display().to_string();
@@ -35,29 +35,19 @@ pub(crate) fn unmount_fs(ctx: &Ctx, known: bool) -> Result<()> {
     Ok(())
 }
 
-/// Remove a read-only overlay: the snapshot mapping, then its copy-on-write loop device(s) and file.
-pub(crate) fn remove_overlay(run: &Runner, p: &JobPaths, cow_loops: &[Arg]) -> Result<()> {
-    run.run(&ct::overlay_remove(&p.overlay_name))?;
-    for l in cow_loops {
-        run.run(&ct::losetup_detach(l.clone()))?;
-    }
-    run.run(&Cmd::new("rm").arg("-f").arg(&p.cow))?;
-    Ok(())
-}
-
 /// Undo what [`ensure_open`] did (nothing if the stack was already up).
 pub fn close_opened(ctx: &Ctx, s: &Stack) -> Result<()> {
     let _cleanup = ctx.run.unwinding();
     let p = &ctx.paths;
     if s.opened {
         unmount_fs(ctx, true)?;
+        let mut steps = Vec::new();
         if let Some(cow) = &s.overlay {
-            remove_overlay(&ctx.run, p, std::slice::from_ref(cow))?;
+            steps = ct::remove_overlay(&p.overlay_name, std::slice::from_ref(cow), &p.cow);
         }
-        ctx.run.run(&ct::luks_close(&p.dm_name))?;
-        if let Some(l) = &s.loop_dev {
-            ctx.run.run(&ct::losetup_detach(l))?;
-        }
+        steps.push(Step::run(ct::luks_close(&p.dm_name)));
+        steps.extend(s.loop_dev.iter().map(|l| Step::run(ct::losetup_detach(l))));
+        ctx.run.all(steps)?;
     }
     if s.mounted_remote {
         remote::unmount(&ctx.run, p, true, ctx.port.get())?;
@@ -72,7 +62,7 @@ pub fn close_opened(ctx: &Ctx, s: &Stack) -> Result<()> {
 pub(crate) fn recover_stale(ctx: &Ctx) -> Result<()> {
     let p = &ctx.paths;
     if ctx.run.is_dry() {
-        return Ok(());
+        return recover_stale_dry(ctx);
     }
     // A run killed outright (SIGKILL, OOM, power to the process but not the host) could not
     // unwind: the layers it opened are still up, and would look like a stack opened by hand.
@@ -98,7 +88,7 @@ pub(crate) fn recover_stale(ctx: &Ctx) -> Result<()> {
         return Ok(());
     }
     let remote_up = remote::is_mounted(p);
-    let above = ctx.fs_mounted() || dm_slaves(&p.dm_name).is_some();
+    let above = ctx.fs_mounted() || p.kernel.dm_slaves(&p.dm_name).is_some();
     let stale = if remote_up {
         !remote::responsive(p, Duration::from_secs(20))
     } else {
@@ -114,14 +104,33 @@ pub(crate) fn recover_stale(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// A dry run decides from what it can see without probing the link: a killed run's stack, or
+/// layers left without their remote, are torn down in the script (and then taken as gone).
+fn recover_stale_dry(ctx: &Ctx) -> Result<()> {
+    let p = &ctx.paths;
+    let above = ctx.fs_mounted() || p.kernel.dm_slaves(&p.dm_name).is_some();
+    let remote_up = remote::is_mounted(p);
+    let killed = stale_owner(p);
+    if killed.is_some() || (above && !remote_up) {
+        ctx.run
+            .note("a stack left by an earlier run: torn down first");
+        teardown(ctx, killed.is_some_and(|(_, mounted)| !mounted))?;
+        p.kernel.forget();
+    } else if remote_up {
+        ctx.run.note(
+            "a real run first checks that the mounted remote answers, and tears the stack down if not",
+        );
+    }
+    Ok(())
+}
+
 /// The owner record of a stack whose run is gone: (pid, whether it had mounted the remote).
 pub(crate) fn stale_owner(p: &JobPaths) -> Option<(i32, bool)> {
     let text = std::fs::read_to_string(&p.owner).ok()?;
     let mut w = text.split_whitespace();
     let pid: i32 = w.next()?.parse().ok()?;
     let remote = w.next() == Some("1");
-    let alive =
-        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("e2e-"));
+    let alive = p.kernel.process_named(pid, "e2e-");
     (!alive).then_some((pid, remote))
 }
 
@@ -132,57 +141,138 @@ pub(crate) fn teardown(ctx: &Ctx, keep_remote: bool) -> Result<()> {
     let _cleanup = run.unwinding();
     // ext4 over a loop over a hung sshfs (or a dead link) blocks umount; killing sshfs first turns
     // that into I/O errors, and the rest of the teardown goes through.
-    if remote::is_mounted(p) && !remote::responsive(p, Duration::from_secs(20)) {
+    if !run.is_dry() && remote::is_mounted(p) && !remote::responsive(p, Duration::from_secs(20)) {
         eprintln!("{}: sshfs does not answer; killing it", p.remote.display());
         remote::fence(run, p, ctx.port.get())?;
     }
     unmount_fs(ctx, false)?;
-    let mut loops = Vec::new();
-    if let Some(slaves) = dm_slaves(&p.overlay_name) {
-        let cows: Vec<Arg> = slaves
-            .iter()
-            .filter(|s| s.starts_with("loop"))
-            .map(|s| Path::new("/dev").join(s).into())
-            .collect();
-        remove_overlay(run, p, &cows)?;
-    } else if p.cow.exists() {
-        run.run(&Cmd::new("rm").arg("-f").arg(&p.cow))?;
-    }
-    if let Some(slaves) = dm_slaves(&p.dm_name) {
-        run.run(&ct::luks_close(&p.dm_name))?;
-        for s in slaves.iter().filter(|s| s.starts_with("nbd")) {
-            run.run(&Cmd::new("nbd-client").arg("-d").arg(format!("/dev/{s}")))?;
-        }
-        // Our loop under the mapping: once a dead sshfs is gone its backing path no longer
-        // starts with remote/, so the search by path below would miss it.
-        loops.extend(
-            slaves
-                .iter()
-                .filter(|s| s.starts_with("loop"))
-                .map(|s| Path::new("/dev").join(s)),
-        );
-    }
-    for l in loops_backed_by(&p.remote, true) {
-        if !loops.contains(&l) {
-            loops.push(l);
-        }
-    }
-    for l in loops {
-        run.run(&ct::losetup_detach(&l))?;
-    }
-    if p.ssh_ctl.exists() {
-        let ctl = format!("ControlPath={}", p.ssh_ctl.display());
-        run.run(
-            &Cmd::new("ssh")
-                .arg("-o")
-                .arg(ctl)
-                .args(["-O", "exit", "e2e-backup"]),
-        )?;
-    }
+    run.all(close_plan(p, &KernelView::read(p)))?;
     if !keep_remote {
         remote::unmount(run, p, false, ctx.port.get())?;
     }
     // Whatever a killed run had opened is closed now.
-    let _ = std::fs::remove_file(&p.owner);
+    if !run.is_dry() {
+        let _ = std::fs::remove_file(&p.owner);
+    }
     Ok(())
+}
+
+/// What the kernel shows of one job's layers below its ext4 mount.
+#[derive(Debug, Default)]
+pub(crate) struct KernelView {
+    overlay_slaves: Option<Vec<String>>,
+    cow_file: bool,
+    dm_slaves: Option<Vec<String>>,
+    /// Loop devices whose backing file lies under the job's remote/.
+    remote_loops: Vec<PathBuf>,
+    ssh_ctl: bool,
+}
+
+impl KernelView {
+    fn read(p: &JobPaths) -> Self {
+        KernelView {
+            overlay_slaves: p.kernel.dm_slaves(&p.overlay_name),
+            cow_file: p.cow.exists(),
+            dm_slaves: p.kernel.dm_slaves(&p.dm_name),
+            remote_loops: p.kernel.loops_backed_by(&p.remote, true),
+            ssh_ctl: p.ssh_ctl.exists(),
+        }
+    }
+}
+
+/// The teardown below the ext4 mount, from what the kernel shows: overlay, mapping, NBD and loop
+/// devices, the NBD tunnel's ssh master. The order is the stack's, top down.
+pub(crate) fn close_plan(p: &JobPaths, k: &KernelView) -> Vec<Step> {
+    let dev = |s: &String| Path::new("/dev").join(s);
+    let loops_of = |slaves: &[String]| -> Vec<PathBuf> {
+        slaves
+            .iter()
+            .filter(|s| s.starts_with("loop"))
+            .map(dev)
+            .collect()
+    };
+    let mut steps = Vec::new();
+    if let Some(slaves) = &k.overlay_slaves {
+        let cows: Vec<Arg> = loops_of(slaves).into_iter().map(Arg::from).collect();
+        steps.extend(ct::remove_overlay(&p.overlay_name, &cows, &p.cow));
+    } else if k.cow_file {
+        steps.push(Step::run(Cmd::new("rm").arg("-f").arg(&p.cow)));
+    }
+    // Our loop under the mapping: once a dead sshfs is gone its backing path no longer starts with
+    // remote/, so the search by path alone would miss it.
+    let mut loops = Vec::new();
+    if let Some(slaves) = &k.dm_slaves {
+        steps.push(Step::run(ct::luks_close(&p.dm_name)));
+        for s in slaves.iter().filter(|s| s.starts_with("nbd")) {
+            steps.push(Step::run(Cmd::new("nbd-client").arg("-d").arg(dev(s))));
+        }
+        loops = loops_of(slaves);
+    }
+    for l in &k.remote_loops {
+        if !loops.contains(l) {
+            loops.push(l.clone());
+        }
+    }
+    steps.extend(loops.iter().map(|l| Step::run(ct::losetup_detach(l))));
+    if k.ssh_ctl {
+        let ctl = format!("ControlPath={}", p.ssh_ctl.display());
+        steps.push(Step::run(Cmd::new("ssh").arg("-o").arg(ctl).args([
+            "-O",
+            "exit",
+            "e2e-backup",
+        ])));
+    }
+    steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::Runner;
+
+    fn script(k: &KernelView) -> Vec<String> {
+        let r = Runner::buffered();
+        r.all(close_plan(&JobPaths::new("home").unwrap(), k))
+            .unwrap();
+        r.script()
+    }
+
+    #[test]
+    fn nothing_shown_nothing_run() {
+        assert!(script(&KernelView::default()).is_empty());
+    }
+
+    #[test]
+    fn overlay_mapping_nbd_and_loops_in_stack_order() {
+        let k = KernelView {
+            overlay_slaves: Some(vec!["dm-0".into(), "loop5".into()]),
+            cow_file: true,
+            dm_slaves: Some(vec!["loop2".into(), "nbd0".into()]),
+            remote_loops: vec!["/dev/loop2".into(), "/dev/loop3".into()],
+            ssh_ctl: true,
+        };
+        assert_eq!(
+            script(&k),
+            [
+                "set -e",
+                "dmsetup remove e2e-home+ro",
+                "losetup -d /dev/loop5",
+                "rm -f /run/e2e-backup/home/cow",
+                "cryptsetup close e2e-home",
+                "nbd-client -d /dev/nbd0",
+                "losetup -d /dev/loop2",
+                "losetup -d /dev/loop3",
+                "ssh -o ControlPath=/run/e2e-backup/home/ssh.ctl -O exit e2e-backup",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_stray_cow_file_alone_is_removed() {
+        let k = KernelView {
+            cow_file: true,
+            ..Default::default()
+        };
+        assert_eq!(script(&k), ["set -e", "rm -f /run/e2e-backup/home/cow"]);
+    }
 }

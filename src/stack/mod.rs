@@ -18,7 +18,7 @@ use crate::container as ct;
 use crate::error::{fail, Code};
 use crate::exec::{Arg, Cmd, Runner};
 use crate::manifest;
-use crate::paths::{dm_slaves, mount_at, JobPaths};
+use crate::paths::JobPaths;
 use crate::remote;
 use crate::rollback;
 use crate::snapshots;
@@ -78,7 +78,7 @@ impl Ctx {
     }
 
     pub(crate) fn fs_mounted(&self) -> bool {
-        mount_at(&self.paths.fs).is_some()
+        self.paths.kernel.mount_at(&self.paths.fs).is_some()
     }
 
     /// `fs/` is the filesystem of `/dev/mapper/e2e-<job>` (same device number), checked before every
@@ -176,7 +176,7 @@ pub(crate) fn with_stack<T>(
     // Claim the layers this run is about to open before it opens them: a run killed half-way
     // through bring-up (or through creation) leaves a record the next run acts on.
     let p = &ctx.paths;
-    let claim = !ctx.run.is_dry() && !ctx.fs_mounted() && dm_slaves(&p.dm_name).is_none();
+    let claim = !ctx.run.is_dry() && !ctx.fs_mounted() && p.kernel.dm_slaves(&p.dm_name).is_none();
     if claim {
         let remote = u8::from(!remote::is_mounted(p));
         let _ = std::fs::create_dir_all(&p.dir);

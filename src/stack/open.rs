@@ -6,7 +6,6 @@ use crate::container::{self as ct, OpenOpts};
 use crate::error::{fail, Code};
 use crate::exec::{Arg, Cmd, Undo};
 use crate::filesystem as fsys;
-use crate::paths::{dm_slaves, loops_backed_by, mount_at};
 use crate::remote;
 use crate::stack::lost_link::explain_lost_link;
 use anyhow::Result;
@@ -23,15 +22,15 @@ pub(crate) fn open_stack(ctx: &Ctx, job: &Job, create: bool, read_only: bool) ->
     let run = &ctx.run;
     let file = ctx.container_file(job);
     let existing_loop = || {
-        loops_backed_by(&file, false)
+        p.kernel
+            .loops_backed_by(&file, false)
             .into_iter()
             .next()
             .map(|l| Arg::from(&l))
     };
     let size_now = || std::fs::symlink_metadata(&file).ok().map(|m| m.len());
-    if let Some(m) = mount_at(&p.fs) {
-        let ro = m.options.split(',').any(|o| o == "ro");
-        if ro && !read_only {
+    if let Some(m) = p.kernel.mount_at(&p.fs) {
+        if m.read_only() && !read_only {
             return Err(fail(
                 Code::Runtime,
                 format!(
@@ -73,7 +72,7 @@ pub(crate) fn open_stack(ctx: &Ctx, job: &Job, create: bool, read_only: bool) ->
         size: if blind { None } else { size_now() },
     };
 
-    if dm_slaves(&p.dm_name).is_some() {
+    if p.kernel.dm_slaves(&p.dm_name).is_some() {
         // Half-open from an earlier run: the mapping is there, only fsck + mount are missing.
         stack.loop_dev = existing_loop();
     } else if !exists {
@@ -95,7 +94,7 @@ pub(crate) fn open_stack(ctx: &Ctx, job: &Job, create: bool, read_only: bool) ->
     }
     // A filesystem mkfs just made needs no check (and the check would cost another MMP wait).
     if !read_only && !created {
-        fsys::check(run, dev)?;
+        fsys::check(run, &p.kernel, dev)?;
     }
     let mut mount_dev = dev.to_path_buf();
     if read_only {
@@ -209,20 +208,11 @@ fn open_container(
     if !read_only && !blind {
         check_access(&file, &job.remote.user, true)?;
     }
-    let lp = ct::attach(run, undo, &file, read_only, existing_loop)?;
     let opts = OpenOpts {
         read_only,
         allow_discards: false,
     };
-    ct::open(
-        run,
-        undo,
-        &lp,
-        key,
-        &p.dm_name,
-        &opts,
-        &file.display().to_string(),
-    )?;
+    let lp = ct::attach_open(run, undo, &file, existing_loop, key, &p.dm_name, &opts)?;
     stack.loop_dev = Some(lp);
     Ok(())
 }
