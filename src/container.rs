@@ -4,7 +4,7 @@
 //! FILE` make a buffered one: on Debian 12's 6.1 kernel a buffered loop over sshfs made mkfs of
 //! 2 GiB take 255 s against 7 s with direct I/O.
 
-use crate::error::{Code, Fail};
+use crate::error::{fail, Code, Fail};
 use crate::exec::{Arg, Cmd, Runner, Step, Undo};
 use anyhow::Result;
 use std::path::Path;
@@ -85,6 +85,56 @@ pub fn luks_format(dev: impl Into<Arg>, key: &Path, fast_pbkdf: bool) -> Cmd {
         c = c.args(["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"]);
     }
     c.arg(dev)
+}
+
+/// Whether the container file is there, judged without following a symlink: a symlink on the server
+/// would resolve on the client (sshfs shows it as is), so truncate + luksFormat could hit a client
+/// file. Any error but "not found" is an error, never "absent, so create".
+pub fn present(file: &Path) -> Result<bool> {
+    match std::fs::symlink_metadata(file) {
+        Ok(m) if m.file_type().is_file() => Ok(true),
+        Ok(m) if m.file_type().is_symlink() => Err(fail(
+            Code::Refused,
+            format!(
+                "container {} is a symbolic link on the server: refused (it would resolve on this client); on the server, put the container file itself there",
+                file.display()
+            ),
+        )),
+        Ok(_) => Err(fail(
+            Code::Refused,
+            format!(
+                "container {} is not a regular file on the server: refused",
+                file.display()
+            ),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(fail(
+            Code::Runtime,
+            format!(
+                "cannot tell whether container {} exists ({e}): nothing created",
+                file.display()
+            ),
+        )),
+    }
+}
+
+/// Refuse a container the server account cannot read or write (handed back owned by another user,
+/// say) with a line that says so: otherwise isLuks reports "not a LUKS container", or losetup quietly
+/// attaches it read-only and fsck fails later with "Operation not permitted". Opening the file through
+/// sshfs asks the server and changes nothing.
+pub fn check_access(file: &Path, user: &str, write: bool) -> Result<()> {
+    let how = if write { "writable" } else { "readable" };
+    match std::fs::OpenOptions::new().read(!write).write(write).open(file) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(fail(
+            Code::Refused,
+            format!(
+                "container {} is not {how} by the server account {user} ({e}): on the server, give it back to that account (chown and chmod 600)",
+                file.display()
+            ),
+        )),
+        // Anything else (a lost link, say) is for the steps that follow to report.
+        _ => Ok(()),
+    }
 }
 
 /// `cryptsetup isLuks FILE`: refuse to touch anything that is not ours.
@@ -202,7 +252,7 @@ pub fn format(
             Step::run(truncate(building, size)),
             Step::capture("loop", losetup_attach(building, false)).undo(losetup_detach(&lp)),
             Step::run(luks_format(&lp, key, test_pbkdf())),
-            open(&lp, key, dm_name, &rw, &building.display().to_string()),
+            open_step(&lp, key, dm_name, &rw, &building.display().to_string()),
         ],
     )?;
     Ok(v.get("loop"))
@@ -226,14 +276,14 @@ pub fn attach_open(
             Step::capture("loop", losetup_attach(file, o.read_only)).undo(losetup_detach(&lp)),
         );
     }
-    steps.push(open(&lp, key, dm_name, o, &file.display().to_string()));
+    steps.push(open_step(&lp, key, dm_name, o, &file.display().to_string()));
     let v = run.steps(undo, steps)?;
     Ok(existing.unwrap_or_else(|| v.get("loop")))
 }
 
 /// Open the LUKS mapping `dm_name` on `dev` (undo: close). No separate key test first: a wrong key
 /// fails here (exit 2), named for the container `shown`.
-fn open(dev: &Arg, key: &Path, dm_name: &str, o: &OpenOpts, shown: &str) -> Step {
+fn open_step(dev: &Arg, key: &Path, dm_name: &str, o: &OpenOpts, shown: &str) -> Step {
     let shown = shown.to_string();
     Step::run(
         luks_open(dev, key, dm_name, o).on_fail(move |rc, _| (rc == 2).then(|| wrong_key(&shown))),

@@ -89,7 +89,7 @@ const OWN_HOST_RECHECKS: usize = 3;
 /// updates among them) once the link is back, and e2fsck sees the block change. Such a stream ends; a
 /// live holder updates the block every 5 s. So fsck runs again, up to [`OWN_HOST_RECHECKS`] times:
 /// each run is e2fsck's own MMP wait, so a live holder is still refused.
-pub fn check(
+pub fn check_and_repair(
     run: &crate::exec::Runner,
     k: &crate::kernel::Kernel,
     dev: &Path,

@@ -50,7 +50,7 @@ pub(crate) fn hash_listed(
 /// The manifest of the new snapshot STAMP (still `.inflight`): hashes of files `--link-dest` linked to
 /// the previous snapshot LINK are taken from LINK's manifest; only the files this run wrote are read
 /// and hashed (by `sha256sum`, so a restorer can check a snapshot with stock tools).
-pub(crate) fn write(run: &Runner, fs: &Path, stamp: &str, link: Option<&str>) -> Result<()> {
+pub(crate) fn build(run: &Runner, fs: &Path, stamp: &str, link: Option<&str>) -> Result<()> {
     let dir = fs.join("snapshots").join(format!("{stamp}{INFLIGHT}"));
     let manifest = path(fs, stamp);
     let (tmp, todo, part) = (
@@ -115,7 +115,7 @@ pub(crate) fn write(run: &Runner, fs: &Path, stamp: &str, link: Option<&str>) ->
 
 /// Snapshot STAMP's manifest, or why it cannot serve as a check (exit 7): a check that cannot check
 /// must not pass.
-pub(crate) fn load(fs: &Path, stamp: &str) -> Result<Manifest> {
+pub(crate) fn of(fs: &Path, stamp: &str) -> Result<Manifest> {
     let mpath = path(fs, stamp);
     let data = std::fs::read(&mpath).map_err(|e| {
         fail(

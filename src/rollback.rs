@@ -87,7 +87,7 @@ pub struct Seen<'a> {
 
 /// The pure decision: `None` when the container is consistent with what this host last wrote,
 /// else the one-line reason.
-pub fn check(remembered: Option<&State>, seen: &Seen) -> Option<String> {
+pub fn mismatch(remembered: Option<&State>, seen: &Seen) -> Option<String> {
     let r = remembered?;
     if let (Some(want), Some(have)) = (&r.luks_uuid, seen.luks_uuid) {
         if want != have {
@@ -125,7 +125,7 @@ pub fn check(remembered: Option<&State>, seen: &Seen) -> Option<String> {
 /// Refuse (exit 4) on a rollback unless accepted; `Ok(false)` = rolled back but accepted (the caller
 /// must not prune), `Ok(true)` = consistent.
 pub fn gate(file: &Path, seen: &Seen, accept: bool) -> Result<bool> {
-    let Some(why) = check(remembered(file).as_ref(), seen) else {
+    let Some(why) = mismatch(remembered(file).as_ref(), seen) else {
         return Ok(true);
     };
     if accept {
@@ -166,23 +166,23 @@ mod tests {
     #[test]
     fn decision() {
         // Nothing remembered (first run on this host): anything goes.
-        assert_eq!(check(None, &seen(&[])), None);
-        assert_eq!(check(None, &seen(&[A])), None);
+        assert_eq!(mismatch(None, &seen(&[])), None);
+        assert_eq!(mismatch(None, &seen(&[A])), None);
         // The remembered snapshot is there (newer ones too, or pruned older ones gone): fine.
-        assert_eq!(check(Some(&st(B)), &seen(&[A, B])), None);
-        assert_eq!(check(Some(&st(B)), &seen(&[B, C])), None);
+        assert_eq!(mismatch(Some(&st(B)), &seen(&[A, B])), None);
+        assert_eq!(mismatch(Some(&st(B)), &seen(&[B, C])), None);
         // An older copy: the newest is before the remembered one.
-        let m = check(Some(&st(C)), &seen(&[A, B])).unwrap();
+        let m = mismatch(Some(&st(C)), &seen(&[A, B])).unwrap();
         assert!(
             m.contains("older copy") && m.contains(B) && m.contains(C),
             "{m}"
         );
         // Emptied container.
-        assert!(check(Some(&st(A)), &seen(&[]))
+        assert!(mismatch(Some(&st(A)), &seen(&[]))
             .unwrap()
             .contains("no snapshot"));
         // Remembered one missing but something newer present: another history.
-        assert!(check(Some(&st(B)), &seen(&[A, C]))
+        assert!(mismatch(Some(&st(B)), &seen(&[A, C]))
             .unwrap()
             .contains("different history"));
     }
@@ -194,26 +194,26 @@ mod tests {
             manifest_sha256: Some("m1".into()),
             luks_uuid: Some("u1".into()),
         };
-        assert_eq!(check(Some(&full), &seen(&[A, B])), None);
+        assert_eq!(mismatch(Some(&full), &seen(&[A, B])), None);
         let other = Seen {
             luks_uuid: Some("u2"),
             ..seen(&[A, B])
         };
-        assert!(check(Some(&full), &other)
+        assert!(mismatch(Some(&full), &other)
             .unwrap()
             .contains("different container"));
         let changed = Seen {
             manifest_sha256: Some("m2"),
             ..seen(&[A, B])
         };
-        assert!(check(Some(&full), &changed)
+        assert!(mismatch(Some(&full), &changed)
             .unwrap()
             .contains("manifest of snapshot"));
         let lost = Seen {
             manifest_sha256: None,
             ..seen(&[A, B])
         };
-        assert!(check(Some(&full), &lost)
+        assert!(mismatch(Some(&full), &lost)
             .unwrap()
             .contains("lost its manifest"));
         // A state file of the old format (stamp only) checks the stamp alone.

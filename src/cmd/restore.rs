@@ -46,7 +46,7 @@ pub(crate) fn restore(
         let want = if let (false, Some(snapshots::Spec { stamp, rest })) =
             (ctx.run.is_dry(), parsed)
         {
-            let m = manifest::load(fs, &stamp).and_then(|m| {
+            let m = manifest::of(fs, &stamp).and_then(|m| {
                 let want = manifest::restore_subset(&m, rest);
                 if want.is_empty() && holds_regular_file(&src) {
                     return Err(fail(

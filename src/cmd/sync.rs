@@ -3,11 +3,10 @@
 use crate::cli::SyncCli;
 use crate::config::Job;
 use crate::error::{fail, Code};
-use crate::exec::Cmd;
+use crate::exec::{Cmd, Step};
 use crate::filesystem as fsys;
 use crate::manifest;
 use crate::progress::{finish_progress, notify_status, progress_reporter};
-use crate::rollback;
 use crate::snapshots::{self, INFLIGHT, PRUNING};
 use crate::stack::grow::auto_grow;
 use crate::stack::{lock, with_stack, Ctx};
@@ -46,25 +45,7 @@ pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
         }
         let published = backup(&ctx, &job)?;
         let dest = published.dest.clone();
-        if !ctx.run.is_dry() {
-            // 5. of the publish order: the client records the snapshot before anything is pruned.
-            let state = rollback::State {
-                stamp: published.stamp.clone(),
-                manifest_sha256: ctx.manifest_digest(&published.stamp)?,
-                luks_uuid: ctx.luks_uuid(&job)?,
-            };
-            let file = rollback::state_file(&job.name);
-            rollback::remember(&file, &state).map_err(|e| {
-                fail(
-                    Code::Runtime,
-                    format!(
-                        "snapshot {} made, but recording it in {} failed (nothing pruned): {e:#}",
-                        dest.display(),
-                        file.display()
-                    ),
-                )
-            })?;
-        }
+        ctx.record_history(&job, &published.stamp, &dest)?;
         if !cli.no_prune && ctx.consistent.get() {
             prune(&ctx, &job, &published)?;
         }
@@ -100,27 +81,28 @@ pub(super) fn backup(ctx: &Ctx, job: &Job) -> Result<Published> {
     let fs = ctx.paths.fs.as_path();
     let snaps = fs.join("snapshots");
     let (stamps, leftovers) = snapshots::scan(fs);
-    ctx.assert_container_mounted()?;
     // A crashed run's .inflight is incomplete: never a link-dest, always removed; a crashed prune's
     // .prune was already on its way out.
+    let mut steps = Vec::new();
     for l in &leftovers {
-        run.run(&Cmd::new("rm").arg("-rf").arg(snaps.join(l)))?;
+        steps.push(Step::run(Cmd::new("rm").arg("-rf").arg(snaps.join(l))));
         if let Some(s) = l.strip_suffix(INFLIGHT) {
             let m = manifest::path(fs, s);
             for ext in ["sha256.tmp", "todo.tmp", "part.tmp"] {
-                run.run(&Cmd::new("rm").arg("-f").arg(m.with_extension(ext)))?;
+                steps.push(Step::run(rm_f(m.with_extension(ext))));
             }
         } else if let Some(s) = l.strip_suffix(PRUNING) {
-            run.run(&Cmd::new("rm").arg("-f").arg(manifest::path(fs, s)))?;
+            steps.push(Step::run(rm_f(manifest::path(fs, s))));
         }
     }
-    run.run(
-        &Cmd::new("install")
+    steps.push(Step::run(
+        Cmd::new("install")
             .args(["-d", "-m", "0700"])
             .arg(&snaps)
             .arg(fs.join("logs"))
             .arg(fs.join(manifest::MANIFESTS)),
-    )?;
+    ));
+    ctx.in_container(steps)?;
     let mut now = timefmt::now();
     while stamps.iter().any(|s| s.1 == now) {
         now += 1; // two runs within one second
@@ -138,31 +120,34 @@ pub(super) fn backup(ctx: &Ctx, job: &Job) -> Result<Published> {
     }
     // 1. The checksum manifest (inside the container) is complete before the snapshot is: a snapshot
     // never exists without one. A read error here fails the run; the .inflight goes next run.
-    manifest::write(run, fs, &stamp, link.as_deref())?;
-    // 2.
-    run.note("publish order: flush data and manifest before anything points at them");
-    run.run(&fsys::sync_fs(fs))?;
-    // 3.
+    manifest::build(run, fs, &stamp, link.as_deref())?;
+    // 2. - 4.
     let dest = snaps.join(&stamp);
-    ctx.assert_container_mounted()?;
-    run.run(
-        &Cmd::new("mv")
-            .arg("-T")
-            .arg(snaps.join(format!("{stamp}{INFLIGHT}")))
-            .arg(&dest),
-    )?;
-    // `latest` moves atomically: a symlink beside it, then renamed over.
-    let tmp = fs.join("latest.tmp");
-    run.run(
-        &Cmd::new("ln")
-            .arg("-sfn")
-            .arg(format!("snapshots/{stamp}"))
-            .arg(&tmp),
-    )?;
-    ctx.assert_container_mounted()?;
-    run.run(&Cmd::new("mv").arg("-T").arg(&tmp).arg(fs.join("latest")))?;
-    // 4.
-    run.run(&fsys::sync_fs(fs))?;
+    let latest_tmp = fs.join("latest.tmp");
+    ctx.in_container(vec![
+        Step::note("publish order: flush data and manifest before anything points at them"),
+        Step::run(fsys::sync_fs(fs)),
+        Step::run(
+            Cmd::new("mv")
+                .arg("-T")
+                .arg(snaps.join(format!("{stamp}{INFLIGHT}")))
+                .arg(&dest),
+        ),
+        // `latest` moves atomically: a symlink beside it, then renamed over.
+        Step::run(
+            Cmd::new("ln")
+                .arg("-sfn")
+                .arg(format!("snapshots/{stamp}"))
+                .arg(&latest_tmp),
+        ),
+        Step::run(
+            Cmd::new("mv")
+                .arg("-T")
+                .arg(&latest_tmp)
+                .arg(fs.join("latest")),
+        ),
+        Step::run(fsys::sync_fs(fs)),
+    ])?;
     Ok(Published {
         dest,
         stamp,
@@ -175,7 +160,6 @@ pub(super) fn backup(ctx: &Ctx, job: &Job) -> Result<Published> {
 /// durable and recorded. Each goes by rename to `.prune` first (a cut mid-`rm` leaves a name the next
 /// run recognises and finishes), then one flush for all.
 fn prune(ctx: &Ctx, job: &Job, p: &Published) -> Result<()> {
-    let run = &ctx.run;
     let fs = ctx.paths.fs.as_path();
     let snaps = fs.join("snapshots");
     if let Some(newest) = p.before.iter().map(|s| s.1).max() {
@@ -197,15 +181,22 @@ fn prune(ctx: &Ctx, job: &Job, p: &Published) -> Result<()> {
         .map(|s| &s.0)
         .filter(|s| !keep.contains(*s) && **s != p.stamp)
         .collect();
+    let mut steps = Vec::new();
     for s in &doomed {
         let d = snaps.join(format!("{s}{PRUNING}"));
-        ctx.assert_container_mounted()?;
-        run.run(&Cmd::new("mv").arg("-T").arg(snaps.join(s)).arg(&d))?;
-        run.run(&Cmd::new("rm").arg("-rf").arg(&d))?;
-        run.run(&Cmd::new("rm").arg("-f").arg(manifest::path(fs, s)))?;
+        steps.push(Step::run(
+            Cmd::new("mv").arg("-T").arg(snaps.join(s)).arg(&d),
+        ));
+        steps.push(Step::run(Cmd::new("rm").arg("-rf").arg(&d)));
+        steps.push(Step::run(rm_f(manifest::path(fs, s))));
     }
     if !doomed.is_empty() {
-        run.run(&fsys::sync_fs(fs))?;
+        steps.push(Step::run(fsys::sync_fs(fs)));
     }
+    ctx.in_container(steps)?;
     Ok(())
+}
+
+fn rm_f(file: PathBuf) -> Cmd {
+    Cmd::new("rm").arg("-f").arg(file)
 }

@@ -112,7 +112,7 @@ pub fn trim(cli: TrimCli) -> Result<Option<PathBuf>> {
         },
     ))?;
     undo.push(ct::luks_close(&p.dm_name));
-    fsys::check(run, &p.kernel, &p.dm_dev)?;
+    fsys::check_and_repair(run, &p.kernel, &p.dm_dev)?;
     run.run(&fsys::mount(&p.dm_dev, &p.fs, false))?;
     undo.push(fsys::umount(&p.fs));
     let out = run.run(&fsys::fstrim(&p.fs))?;

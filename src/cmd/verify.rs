@@ -34,7 +34,7 @@ pub(crate) fn verify(ctx: &Ctx, job: &Job, spec: &str) -> Result<Option<PathBuf>
         let want = if ctx.run.is_dry() {
             None
         } else {
-            let m = manifest::load(fs, &stamp)?;
+            let m = manifest::of(fs, &stamp)?;
             if m.is_empty() && holds_regular_file(&dir) {
                 return Err(fail(
                     Code::Unchecked,

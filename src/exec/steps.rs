@@ -4,9 +4,11 @@
 use super::{Arg, Cmd, Runner, Undo};
 use anyhow::Result;
 
-/// One step: `cmd`, optionally captured into `var`, and its undo, pushed once it succeeded.
+/// One step: `cmd`, optionally captured into `var`, and its undo, pushed once it succeeded; or a
+/// remark (a `#` line of the dry-run script).
 pub struct Step {
-    cmd: Cmd,
+    cmd: Option<Cmd>,
+    note: &'static str,
     var: Option<&'static str>,
     undo: Option<Cmd>,
 }
@@ -14,7 +16,16 @@ pub struct Step {
 impl Step {
     pub fn run(cmd: Cmd) -> Self {
         Step {
-            cmd,
+            cmd: Some(cmd),
+            note: "",
+            var: None,
+            undo: None,
+        }
+    }
+    pub fn note(note: &'static str) -> Self {
+        Step {
+            cmd: None,
+            note,
             var: None,
             undo: None,
         }
@@ -58,9 +69,24 @@ impl Runner {
     /// Run `steps` in order; each one that succeeds pushes its undo onto `undo`. Stops at the first
     /// failure, leaving `undo` to unwind what ran. Returns the captured values.
     pub fn steps(&self, undo: &mut Undo, steps: Vec<Step>) -> Result<Vars> {
+        self.steps_checked(undo, steps, &|| Ok(()))
+    }
+
+    /// [`Runner::steps`], calling `check` before each command (a fence: is the target still ours?).
+    pub fn steps_checked(
+        &self,
+        undo: &mut Undo,
+        steps: Vec<Step>,
+        check: &dyn Fn() -> Result<()>,
+    ) -> Result<Vars> {
         let mut vars = Vars::default();
         for s in steps {
-            let cmd = vars.bind(s.cmd);
+            let Some(cmd) = s.cmd else {
+                self.note(s.note);
+                continue;
+            };
+            check()?;
+            let cmd = vars.bind(cmd);
             match s.var {
                 Some(v) => {
                     let value = self.capture(&cmd, v)?;
@@ -79,9 +105,14 @@ impl Runner {
 
     /// Run `steps`, which undo nothing (a teardown, an online grow), in order; stop at the first failure.
     pub fn all(&self, steps: Vec<Step>) -> Result<()> {
+        self.all_checked(steps, &|| Ok(()))
+    }
+
+    /// [`Runner::all`], calling `check` before each command.
+    pub fn all_checked(&self, steps: Vec<Step>, check: &dyn Fn() -> Result<()>) -> Result<()> {
         debug_assert!(steps.iter().all(|s| s.undo.is_none()));
         let mut undo = Undo::new(self);
-        self.steps(&mut undo, steps)?;
+        self.steps_checked(&mut undo, steps, check)?;
         undo.done();
         Ok(())
     }

@@ -16,14 +16,14 @@ use crate::cli::Common;
 use crate::config::{self, Job};
 use crate::container as ct;
 use crate::error::{fail, Code};
-use crate::exec::{Arg, Cmd, Runner};
+use crate::exec::{Arg, Cmd, Runner, Step};
 use crate::manifest;
 use crate::paths::JobPaths;
 use crate::remote;
 use crate::rollback;
 use crate::snapshots;
 use anyhow::Result;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Per-run context: the runner and the job's runtime paths.
 pub struct Ctx {
@@ -103,6 +103,37 @@ impl Ctx {
                 ),
             )),
         }
+    }
+
+    /// Run `steps`, which write into the container's filesystem, each only while `fs/` is still the
+    /// container's (see [`Ctx::assert_container_mounted`]).
+    pub(crate) fn in_container(&self, steps: Vec<Step>) -> Result<()> {
+        self.run
+            .all_checked(steps, &|| self.assert_container_mounted())
+    }
+
+    /// Step 5 of the publish order: record the new snapshot (stamp, manifest hash, LUKS UUID) on the
+    /// client, for the next run's [`Ctx::check_history`]. Fails before anything is pruned.
+    pub(crate) fn record_history(&self, job: &Job, stamp: &str, dest: &Path) -> Result<()> {
+        if self.run.is_dry() {
+            return Ok(());
+        }
+        let state = rollback::State {
+            stamp: stamp.to_string(),
+            manifest_sha256: self.manifest_digest(stamp)?,
+            luks_uuid: self.luks_uuid(job)?,
+        };
+        let file = rollback::state_file(&job.name);
+        rollback::remember(&file, &state).map_err(|e| {
+            fail(
+                Code::Runtime,
+                format!(
+                    "snapshot {} made, but recording it in {} failed (nothing pruned): {e:#}",
+                    dest.display(),
+                    file.display()
+                ),
+            )
+        })
     }
 
     /// The container's LUKS UUID (`cryptsetup luksUUID`, read from the header: no key needed).

@@ -58,11 +58,7 @@ pub(crate) fn open_stack(ctx: &Ctx, job: &Job, create: bool, read_only: bool) ->
         undo.push(Cmd::new(remote::fusermount()).arg("-u").arg(&p.remote));
     }
     let dev = p.dm_dev.as_path();
-    let exists = if blind {
-        !create
-    } else {
-        container_exists(&file)?
-    };
+    let exists = if blind { !create } else { ct::present(&file)? };
     let mut created = false;
     let mut stack = Stack {
         mounted_remote,
@@ -94,7 +90,7 @@ pub(crate) fn open_stack(ctx: &Ctx, job: &Job, create: bool, read_only: bool) ->
     }
     // A filesystem mkfs just made needs no check (and the check would cost another MMP wait).
     if !read_only && !created {
-        fsys::check(run, &p.kernel, dev)?;
+        fsys::check_and_repair(run, &p.kernel, dev)?;
     }
     let mut mount_dev = dev.to_path_buf();
     if read_only {
@@ -170,7 +166,7 @@ fn create_container(
     }
     let lp = ct::format(run, undo, &building, size, key, &p.dm_name)?;
     run.run(&fsys::mkfs(dev, &p.dm_name))?;
-    if !blind && container_exists(&file)? {
+    if !blind && ct::present(&file)? {
         return Err(fail(
             Code::Refused,
             format!(
@@ -201,12 +197,12 @@ fn open_container(
     let (p, run) = (&ctx.paths, &ctx.run);
     let file = ctx.container_file(job);
     if !blind {
-        check_access(&file, &job.remote.user, false)?;
+        ct::check_access(&file, &job.remote.user, false)?;
     }
     run.run(&ct::is_luks(&file))
         .map_err(|e| explain_lost_link(ctx, &job.remote.host, e, true))?;
     if !read_only && !blind {
-        check_access(&file, &job.remote.user, true)?;
+        ct::check_access(&file, &job.remote.user, true)?;
     }
     let opts = OpenOpts {
         read_only,
@@ -249,54 +245,4 @@ pub(crate) fn open_overlay(ctx: &Ctx, undo: &mut Undo) -> Result<Option<Arg>> {
         })?;
     let cow = ct::overlay(run, undo, &p.overlay_name, dev, sectors, &p.cow)?;
     Ok(Some(cow))
-}
-
-/// Whether the container file is there, judged without following a symlink: a symlink on the server
-/// would resolve on the client (sshfs shows it as is), so truncate + luksFormat could hit a client
-/// file. Any error but "not found" is an error, never "absent, so create".
-pub(crate) fn container_exists(file: &Path) -> Result<bool> {
-    match std::fs::symlink_metadata(file) {
-        Ok(m) if m.file_type().is_file() => Ok(true),
-        Ok(m) if m.file_type().is_symlink() => Err(fail(
-            Code::Refused,
-            format!(
-                "container {} is a symbolic link on the server: refused (it would resolve on this client); on the server, put the container file itself there",
-                file.display()
-            ),
-        )),
-        Ok(_) => Err(fail(
-            Code::Refused,
-            format!(
-                "container {} is not a regular file on the server: refused",
-                file.display()
-            ),
-        )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(fail(
-            Code::Runtime,
-            format!(
-                "cannot tell whether container {} exists ({e}): nothing created",
-                file.display()
-            ),
-        )),
-    }
-}
-
-/// Refuse a container the server account cannot read or write (handed back owned by another user,
-/// say) with a line that says so: otherwise isLuks reports "not a LUKS container", or losetup quietly
-/// attaches it read-only and fsck fails later with "Operation not permitted". Opening the file through
-/// sshfs asks the server and changes nothing.
-pub(crate) fn check_access(file: &Path, user: &str, write: bool) -> Result<()> {
-    let how = if write { "writable" } else { "readable" };
-    match std::fs::OpenOptions::new().read(!write).write(write).open(file) {
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(fail(
-            Code::Refused,
-            format!(
-                "container {} is not {how} by the server account {user} ({e}): on the server, give it back to that account (chown and chmod 600)",
-                file.display()
-            ),
-        )),
-        // Anything else (a lost link, say) is for the steps that follow to report.
-        _ => Ok(()),
-    }
 }
