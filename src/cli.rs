@@ -27,30 +27,24 @@ pub struct Common {
     pub overrides: Overrides,
 }
 
-/// The exit status text, once (a macro so the notes below can `concat!` it).
-macro_rules! exit_codes {
-    () => {
-        "\
-Exit status: 0 success; 1 an external step failed; 2 usage or configuration error; 3 remote
-unreachable or host key mismatch; 4 container refused (not LUKS, wrong key, in use by another host, not readable or writable by the server account);
-5 locked by another run on this host; 6 out of space (server or container); 7 a check cannot be made
-(the snapshot's manifest is missing, damaged or empty); 129/130/143 stopped by SIGHUP/SIGINT/SIGTERM
-after closing what the run had opened."
-    };
+/// `--help`'s last paragraph: what each exit code means (one text, in error.rs).
+fn exit_codes() -> String {
+    crate::error::exit_status("Exit status: ", 100)
 }
-const EXIT_CODES: &str = exit_codes!();
 
-const OPEN_NOTES: &str = concat!(
-    "\
+fn open_notes() -> String {
+    format!(
+        "\
 Environment: CREDENTIALS_DIRECTORY: if $CREDENTIALS_DIRECTORY/key exists (systemd LoadCredential=key:...)
 it is used instead of container.key_file. E2E_BACKUP_TEST_PBKDF=1 is for the test suite ONLY: together
 with the file /run/e2e-backup-test-only-weak-pbkdf (the variable alone is ignored, with a warning) it makes
 luksFormat use PBKDF2 with 1000 iterations, which makes the key slot cheap to attack.
 E2E_BACKUP_STALL_TIMEOUT: seconds without an answer from the server before a run stops itself (default 600).
 
-",
-    exit_codes!()
-);
+{}",
+        exit_codes()
+    )
+}
 
 const TRIM_NOTES: &str = "\
 Server side: an NBD server bound to the server's loopback, one export per container, named after the
@@ -73,7 +67,7 @@ with the job's pinned host key and identity. Exit status as for the other e2e-* 
 /// Strict host-key checking against remote.known_hosts, keep-alives so a dead link fails within
 /// about 30 seconds, no reconnect (a dropped link is fatal for the run). Prints the mountpoint.
 #[derive(Debug, Parser)]
-#[command(name = "e2e-mount", version, after_help = EXIT_CODES)]
+#[command(name = "e2e-mount", version, after_help = exit_codes())]
 pub struct MountCli {
     #[command(flatten)]
     pub common: Common,
@@ -88,7 +82,7 @@ pub struct MountCli {
 /// container.create = true). Refuses a file that is not LUKS, a wrong key, or a container another
 /// host holds open. Prints the mountpoint.
 #[derive(Debug, Parser)]
-#[command(name = "e2e-open", version, after_help = OPEN_NOTES)]
+#[command(name = "e2e-open", version, after_help = open_notes())]
 pub struct OpenCli {
     #[command(flatten)]
     pub common: Common,
@@ -106,7 +100,7 @@ pub struct OpenCli {
 /// when it is short of space, rsyncs into snapshots/<STAMP>.inflight, renames it on success, moves
 /// `latest`, prunes per [retention]. Prints the new snapshot's path.
 #[derive(Debug, Parser)]
-#[command(name = "e2e-sync", version, after_help = EXIT_CODES)]
+#[command(name = "e2e-sync", version, after_help = exit_codes())]
 pub struct SyncCli {
     #[command(flatten)]
     pub common: Common,
@@ -147,7 +141,7 @@ pub struct SyncCli {
 /// Checks the server's free space first (keeping container.server_reserve) and refuses to shrink.
 /// Prints the container file path.
 #[derive(Debug, Parser)]
-#[command(name = "e2e-grow", version, after_help = EXIT_CODES)]
+#[command(name = "e2e-grow", version, after_help = exit_codes())]
 #[command(group = clap::ArgGroup::new("amount").required(true).args(["to", "by"]))]
 pub struct GrowCli {
     #[command(flatten)]
@@ -188,7 +182,7 @@ pub struct TrimCli {
 /// A run whose stack --force took down while it was still coming up fails with exit 5 and says
 /// that the stack was closed under it (not that the link was lost). Prints nothing.
 #[derive(Debug, Parser)]
-#[command(name = "e2e-close", version, after_help = EXIT_CODES)]
+#[command(name = "e2e-close", version, after_help = exit_codes())]
 pub struct CloseCli {
     #[command(flatten)]
     pub common: Common,

@@ -1,34 +1,54 @@
-//! Exit codes (docs/contract.md) and the error type that carries one.
+//! Exit codes and the error type that carries one. [`exit_status`] is the one text of what each
+//! code means: `--help`, the man pages and docs/contract.md are made from it (tests/man.rs).
 
 use std::fmt;
 
-/// Documented exit codes.
+/// Documented exit codes; [`Code::meaning`] says what each tells the user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Code {
-    /// An external step failed at run time.
     Runtime = 1,
-    /// Usage or configuration error.
     Config = 2,
-    /// Remote unreachable or host key mismatch.
     Remote = 3,
-    /// Container refused: not LUKS, wrong key, in use by another host.
     Refused = 4,
-    /// Locked by another run on this host.
     Locked = 5,
-    /// Out of space on the server or in the container.
     NoSpace = 6,
-    /// A check that was asked for cannot be made: the snapshot's manifest is missing, unreadable or
-    /// empty (pass `--unchecked` to restore without the check).
     Unchecked = 7,
-    /// Stopped by SIGHUP (128 + 1), after unwinding what the run had opened.
+    /// 128 + the signal's number.
     Hangup = 129,
-    /// Stopped by SIGINT (Ctrl-C; 128 + 2), after unwinding.
     Interrupted = 130,
-    /// Stopped by SIGTERM (128 + 15), after unwinding.
     Terminated = 143,
 }
 
 impl Code {
+    pub const ALL: [Code; 10] = [
+        Code::Runtime,
+        Code::Config,
+        Code::Remote,
+        Code::Refused,
+        Code::Locked,
+        Code::NoSpace,
+        Code::Unchecked,
+        Code::Hangup,
+        Code::Interrupted,
+        Code::Terminated,
+    ];
+
+    /// What the code tells the user; the signal codes share one phrase (see [`exit_status`]).
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Code::Runtime => "an external step failed",
+            Code::Config => "usage or configuration error",
+            Code::Remote => "remote unreachable or host key mismatch",
+            Code::Refused => "container refused (not LUKS, wrong key, not readable or writable by the server account, in use by another host, or not the history this host wrote)",
+            Code::Locked => "locked by another run on this host, or the stack was closed under the run by e2e-close --force",
+            Code::NoSpace => "out of space (server or container)",
+            Code::Unchecked => "a check cannot be made (the snapshot's manifest is missing, damaged or empty; --restore --unchecked restores anyway)",
+            Code::Hangup | Code::Interrupted | Code::Terminated => {
+                "stopped by SIGHUP, SIGINT, SIGTERM after closing what the run had opened"
+            }
+        }
+    }
+
     /// The exit code for a run stopped by signal `sig`.
     pub fn for_signal(sig: i32) -> Code {
         match sig {
@@ -37,6 +57,37 @@ impl Code {
             _ => Code::Interrupted,
         }
     }
+}
+
+/// `lead` + "0 success; 1 an external step failed; …; 129, 130, 143 stopped by …", wrapped at `width`.
+pub fn exit_status(lead: &str, width: usize) -> String {
+    let mut parts = vec!["0 success".to_string()];
+    for c in Code::ALL {
+        match c {
+            Code::Hangup => parts.push(format!("129, 130, 143 {}", c.meaning())),
+            Code::Interrupted | Code::Terminated => {}
+            _ => parts.push(format!("{} {}", c as i32, c.meaning())),
+        }
+    }
+    wrap(&format!("{lead}{}.", parts.join("; ")), width)
+}
+
+/// Break `text` into lines of at most `width` characters at spaces.
+fn wrap(text: &str, width: usize) -> String {
+    let mut out = String::new();
+    let mut line = String::new();
+    for w in text.split(' ') {
+        if !line.is_empty() && line.len() + 1 + w.len() > width {
+            out.push_str(&line);
+            out.push('\n');
+            line.clear();
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(w);
+    }
+    out + &line
 }
 
 /// An error with a one-line message meant for the user and a documented exit code.
@@ -73,4 +124,24 @@ pub fn code_of(err: &anyhow::Error) -> Code {
     err.chain()
         .find_map(|e| e.downcast_ref::<Fail>())
         .map_or(Code::Runtime, |f| f.code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_status_names_every_code_once() {
+        let t = exit_status("", 100);
+        assert!(t.lines().all(|l| l.len() <= 100), "{t}");
+        let flat = t.replace('\n', " ");
+        assert!(
+            flat.starts_with("0 success; 1 an external step failed; 2 usage"),
+            "{flat}"
+        );
+        for c in [1, 2, 3, 4, 5, 6, 7] {
+            assert_eq!(flat.matches(&format!("; {c} ")).count(), 1, "{c}: {flat}");
+        }
+        assert!(flat.ends_with("; 129, 130, 143 stopped by SIGHUP, SIGINT, SIGTERM after closing what the run had opened."));
+    }
 }

@@ -137,3 +137,39 @@ fn job_file_page_covers_every_key() {
         missing.join(", ")
     );
 }
+
+/// Replace the paragraph of `file` that starts with `lead` (up to the next blank line or roff
+/// request) by `text`, or report it stale.
+fn check_paragraph(rel: &str, lead: &str, text: &str, stale: &mut Vec<String>) {
+    let have = std::fs::read_to_string(root().join(rel)).unwrap();
+    let start = have
+        .find(lead)
+        .unwrap_or_else(|| panic!("{rel}: no paragraph starting with {lead:?}"));
+    let len = have[start..]
+        .find("\n\n")
+        .or_else(|| have[start..].find("\n."))
+        .map_or(have.len() - start, |n| n + 1);
+    let got = format!("{}{text}\n{}", &have[..start], &have[start + len..]);
+    check(rel, got.as_bytes(), stale);
+}
+
+/// The exit codes' meaning has one source (src/error.rs): `--help` and the generated pages take it
+/// from there; the hand-written page and docs/contract.md are checked against it.
+#[test]
+fn exit_codes_are_described_from_one_source() {
+    use e2e_backup::error::exit_status;
+    let mut stale = Vec::new();
+    check_paragraph(
+        "docs/contract.md",
+        "Exit codes: 0 success",
+        &exit_status("Exit codes: ", 100),
+        &mut stale,
+    );
+    check_paragraph(
+        "man/e2e-backup.7",
+        "0 success;",
+        &exit_status("", 100),
+        &mut stale,
+    );
+    report(stale);
+}
