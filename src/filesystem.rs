@@ -1,8 +1,8 @@
 //! The ext4 filesystem inside the container: mkfs, fsck, mount/umount, resize2fs, fstrim, statvfs.
 
-use crate::error::{fail, Code, Fail};
+use crate::error::{Code, Fail};
 use crate::exec::Cmd;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::path::Path;
 
 /// mkfs.ext4 for a container on an untrusted, sparse, remote file.
@@ -200,12 +200,8 @@ pub fn parse_fstrim(out: &str) -> Option<u64> {
 
 /// (free bytes for us, total bytes) of a mounted filesystem.
 pub fn usage(mountpoint: &Path) -> Result<(u64, u64)> {
-    let s = nix::sys::statvfs::statvfs(mountpoint).map_err(|e| {
-        fail(
-            Code::Runtime,
-            format!("statvfs {}: {e}", mountpoint.display()),
-        )
-    })?;
+    let s = nix::sys::statvfs::statvfs(mountpoint)
+        .with_context(|| format!("statvfs {}", mountpoint.display()))?;
     let f = s.fragment_size() as u64;
     Ok((s.blocks_available() as u64 * f, s.blocks() as u64 * f))
 }

@@ -3,7 +3,7 @@
 use crate::error::{fail, Code};
 use crate::exec::{Cmd, Runner};
 use crate::snapshots::INFLIGHT;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
 /// sha256 of the files `names` (`./`-relative to `dir`) with `sha256sum`, through the NUL-separated
@@ -21,12 +21,7 @@ pub(crate) fn hash_listed(
         .iter()
         .flat_map(|n| n.iter().copied().chain([0]))
         .collect();
-    std::fs::write(list, data).map_err(|e| {
-        fail(
-            Code::Runtime,
-            format!("cannot write {}: {e}", list.display()),
-        )
-    })?;
+    std::fs::write(list, data).with_context(|| format!("cannot write {}", list.display()))?;
     let mut cmd = checksum_list_cmd(dir, list, out);
     if unreadable_ok {
         cmd = cmd.ok_code(123); // xargs: sha256sum failed on some file
@@ -39,12 +34,8 @@ pub(crate) fn hash_listed(
     hashed
         .map_err(|e| e.to_string())
         .and_then(|d| parse(&d))
-        .map_err(|e| {
-            fail(
-                Code::Runtime,
-                format!("reading back {}: {e}", out.display()),
-            )
-        })
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("reading back {}", out.display()))
 }
 
 /// The manifest of the new snapshot STAMP (still `.inflight`): hashes of files `--link-dest` linked to
@@ -79,12 +70,7 @@ pub(crate) fn build(run: &Runner, fs: &Path, stamp: &str, link: Option<&str>) ->
         }
     });
     let (mut all, names) = split_for_hashing(&dir, prev.as_ref().map(|(d, m)| (d.as_path(), m)))
-        .map_err(|e| {
-            fail(
-                Code::Runtime,
-                format!("cannot list the new snapshot {}: {e}", dir.display()),
-            )
-        })?;
+        .with_context(|| format!("cannot list the new snapshot {}", dir.display()))?;
     let hashed = hash_listed(run, &dir, &names, &todo, &part, false)?;
     if hashed.len() != names.len() {
         return Err(fail(
@@ -103,12 +89,8 @@ pub(crate) fn build(run: &Runner, fs: &Path, stamp: &str, link: Option<&str>) ->
         link.unwrap_or("-")
     ));
     all.extend(hashed);
-    std::fs::write(&tmp, render(&all)).map_err(|e| {
-        fail(
-            Code::Runtime,
-            format!("cannot write {}: {e}", tmp.display()),
-        )
-    })?;
+    std::fs::write(&tmp, render(&all))
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
     run.run(&Cmd::new("mv").arg("-T").arg(&tmp).arg(&manifest))?;
     Ok(())
 }

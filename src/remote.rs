@@ -2,11 +2,11 @@
 //! sshfs, which forwards `statvfs@openssh.com`), server allocated bytes (stat over ssh).
 
 use crate::config::Remote;
-use crate::error::{fail, Code, Fail};
+use crate::error::{Code, Fail};
 use crate::exec::{last_line, quote, Cmd, Runner};
 use crate::kernel::{orphan_ports, Kernel};
 use crate::paths::JobPaths;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -320,12 +320,8 @@ pub fn unmount(run: &Runner, paths: &JobPaths, known_mounted: bool, port: u16) -
 
 /// Bytes available to us on the server's filesystem (sshfs passes statvfs through).
 pub fn server_free(paths: &JobPaths) -> Result<u64> {
-    let s = nix::sys::statvfs::statvfs(&paths.remote).map_err(|e| {
-        fail(
-            Code::Runtime,
-            format!("statvfs {}: {e}", paths.remote.display()),
-        )
-    })?;
+    let s = nix::sys::statvfs::statvfs(&paths.remote)
+        .with_context(|| format!("statvfs {}", paths.remote.display()))?;
     Ok(s.blocks_available() as u64 * s.fragment_size() as u64)
 }
 

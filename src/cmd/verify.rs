@@ -5,7 +5,7 @@ use crate::error::{fail, Code};
 use crate::manifest::{self, holds_regular_file};
 use crate::snapshots;
 use crate::stack::{with_stack, Ctx};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::path::PathBuf;
 
 /// `e2e-sync --verify SNAPSHOT`: read-only open, re-checksum the snapshot into the client's run
@@ -54,7 +54,8 @@ pub(crate) fn verify(ctx: &Ctx, job: &Job, spec: &str) -> Result<Option<PathBuf>
         let have = std::fs::read(&now);
         let _ = std::fs::remove_file(&now);
         let have = manifest::parse(&have?)
-            .map_err(|e| fail(Code::Runtime, format!("re-reading {stamp}: {e}")))?;
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("re-reading {stamp}"))?;
         let unreadable: Vec<&str> = out
             .stderr
             .lines()

@@ -22,7 +22,7 @@ use crate::paths::JobPaths;
 use crate::remote;
 use crate::rollback;
 use crate::snapshots;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
 /// Per-run context: the runner and the job's runtime paths.
@@ -124,14 +124,11 @@ impl Ctx {
             luks_uuid: self.luks_uuid(job)?,
         };
         let file = rollback::state_file(&job.name);
-        rollback::remember(&file, &state).map_err(|e| {
-            fail(
-                Code::Runtime,
-                format!(
-                    "snapshot {} made, but recording it in {} failed (nothing pruned): {e:#}",
-                    dest.display(),
-                    file.display()
-                ),
+        rollback::remember(&file, &state).with_context(|| {
+            format!(
+                "snapshot {} made, but recording it in {} failed (nothing pruned)",
+                dest.display(),
+                file.display()
             )
         })
     }
@@ -264,12 +261,7 @@ pub(crate) fn lock(ctx: &Ctx) -> Result<Option<nix::fcntl::Flock<std::fs::File>>
             .recursive(true)
             .mode(0o700)
             .create(&ctx.paths.dir)
-            .map_err(|e| {
-                fail(
-                    Code::Runtime,
-                    format!("cannot make {}: {e}", ctx.paths.dir.display()),
-                )
-            })?;
+            .with_context(|| format!("cannot make {}", ctx.paths.dir.display()))?;
     }
     let f = std::fs::OpenOptions::new()
         .create(true)
@@ -290,9 +282,6 @@ pub(crate) fn lock(ctx: &Ctx) -> Result<Option<nix::fcntl::Flock<std::fs::File>>
                 ctx.paths.lock.display()
             ),
         )),
-        Err((_, e)) => Err(fail(
-            Code::Runtime,
-            format!("lock {}: {e}", ctx.paths.lock.display()),
-        )),
+        Err((_, e)) => Err(e).with_context(|| format!("lock {}", ctx.paths.lock.display())),
     }
 }
