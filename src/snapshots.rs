@@ -192,7 +192,7 @@ pub fn select_keep(stamps: &[(String, i64)], p: &Retention) -> BTreeSet<String> 
     type Bucket = fn(i64) -> (i64, u32, u32, u32);
     let rules: [(u32, Bucket); 5] = [
         (p.keep_hourly, |t| {
-            let (y, m, d, h, ..) = civil(t);
+            let (y, m, d, h) = civil(t);
             (y, m, d, h)
         }),
         (p.keep_daily, |t| {
@@ -227,10 +227,10 @@ pub fn select_keep(stamps: &[(String, i64)], p: &Retention) -> BTreeSet<String> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::timefmt::{days_from_civil, format_stamp};
+    use crate::timefmt::{at_ymdh, format_stamp};
 
-    fn at(y: i64, m: u32, d: u32, h: i64) -> (String, i64) {
-        let t = days_from_civil(y, m, d) * 86400 + h * 3600;
+    fn at(y: i32, m: u8, d: u8, h: u8) -> (String, i64) {
+        let t = at_ymdh(y, m, d, h);
         (format_stamp(t), t)
     }
 
