@@ -1,4 +1,4 @@
-# Sourced by bench/tune and bench/scale inside the VM guest (not a scenario itself: not executable).
+# Sourced by the bench scripts that run inside the VM guest (not a scenario itself: not executable).
 # Needs the guest environment of tests/vm/guest/boot and tests/vm/scenarios/_lib.sh sourced first.
 export LC_ALL=C
 

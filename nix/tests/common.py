@@ -1,5 +1,8 @@
 # Prelude of every e2e-backup NixOS test (after PRIVKEY and CLIENTS, set by lib.nix).
-# Helpers use only the driver's Machine API.
+# Helpers use only the driver's Machine API. Where one does what a helper of the VM suite's
+# tests/vm/scenarios/_lib.sh does, it has that name (make_data, assert_clean, server_file,
+# server_alloc); prepare, backup and restore_and_compare have no twin there (the NixOS module
+# writes the job file and runs the units, which the VM scenarios do by hand).
 
 
 def prepare(client, name):
