@@ -27,26 +27,51 @@ pub struct Common {
     pub overrides: Overrides,
 }
 
-/// `--help`'s last paragraph: what each exit code means (one text, in error.rs).
-fn exit_codes() -> String {
-    crate::error::exit_status("Exit status: ", 100)
-}
+/// The environment variables the binaries read, and what each does: `--help` and the man pages'
+/// ENVIRONMENT section are made from this list.
+pub const ENVIRONMENT: &[(&str, &str)] = &[
+    (
+        "E2E_BACKUP_CONFIG_DIR",
+        "directory of job files, as --config-dir (default /etc/e2e-backup)",
+    ),
+    (
+        "CREDENTIALS_DIRECTORY",
+        "if $CREDENTIALS_DIRECTORY/key exists (systemd LoadCredential=key:...), it is used instead of container.key_file",
+    ),
+    (
+        "E2E_BACKUP_STATE_DIR",
+        "where the client keeps its record of the newest snapshot it wrote, instead of /var/lib/e2e-backup",
+    ),
+    (
+        "E2E_BACKUP_STALL_TIMEOUT",
+        "seconds without an answer from the server before a run stops itself (default 600)",
+    ),
+    (
+        "NOTIFY_SOCKET",
+        "set by systemd: progress and the result go to it as STATUS= lines",
+    ),
+    (
+        "E2E_BACKUP_TEST_PBKDF",
+        "=1 is for the test suite ONLY: with the file /run/e2e-backup-test-only-weak-pbkdf too (the variable alone is ignored, with a warning) luksFormat uses PBKDF2 with 1000 iterations, which makes the key slot cheap to attack",
+    ),
+];
 
-fn open_notes() -> String {
+/// `--help`'s closing paragraphs: `notes` (if any), the environment, what each exit code means.
+fn after_help(notes: &str) -> String {
+    let env: Vec<String> = ENVIRONMENT
+        .iter()
+        .map(|(k, v)| format!("  {k}: {v}"))
+        .collect();
     format!(
-        "\
-Environment: CREDENTIALS_DIRECTORY: if $CREDENTIALS_DIRECTORY/key exists (systemd LoadCredential=key:...)
-it is used instead of container.key_file. E2E_BACKUP_TEST_PBKDF=1 is for the test suite ONLY: together
-with the file /run/e2e-backup-test-only-weak-pbkdf (the variable alone is ignored, with a warning) it makes
-luksFormat use PBKDF2 with 1000 iterations, which makes the key slot cheap to attack.
-E2E_BACKUP_STALL_TIMEOUT: seconds without an answer from the server before a run stops itself (default 600).
-
-{}",
-        exit_codes()
+        "{notes}{}Environment:\n{}\n\n{}",
+        if notes.is_empty() { "" } else { "\n\n" },
+        env.join("\n"),
+        crate::error::exit_status("Exit status: ", 100)
     )
 }
 
-const TRIM_NOTES: &str = "\
+/// e2e-trim's notes on the server side (`--help`, and NOTES in its man page).
+pub const TRIM_NOTES: &str = "\
 Server side: an NBD server bound to the server's loopback, one export per container, named after the
 container file, turning TRIM into hole punches. Use qemu-nbd (Debian package qemu-utils), run as the
 client's backup user, e.g.:
@@ -60,14 +85,14 @@ file are dropped while fstrim still reports them trimmed.
 
 NBD is plain text; e2e-trim reaches it only through an SSH tunnel whose local end is a Unix socket in
 the job's 0700 run directory (ssh -L /run/e2e-backup/JOB/nbd.sock:127.0.0.1:10809)
-with the job's pinned host key and identity. Exit status as for the other e2e-* tools (see e2e-open).";
+with the job's pinned host key and identity.";
 
 /// Mount the job's remote directory over sshfs at /run/e2e-backup/<JOB>/remote.
 ///
 /// Strict host-key checking against remote.known_hosts, keep-alives so a dead link fails within
 /// about 30 seconds, no reconnect (a dropped link is fatal for the run). Prints the mountpoint.
 #[derive(Debug, Parser)]
-#[command(name = "e2e-mount", version, after_help = exit_codes())]
+#[command(name = "e2e-mount", version, after_help = after_help(""))]
 pub struct MountCli {
     #[command(flatten)]
     pub common: Common,
@@ -82,7 +107,7 @@ pub struct MountCli {
 /// container.create = true). Refuses a file that is not LUKS, a wrong key, or a container another
 /// host holds open. Prints the mountpoint.
 #[derive(Debug, Parser)]
-#[command(name = "e2e-open", version, after_help = open_notes())]
+#[command(name = "e2e-open", version, after_help = after_help(""))]
 pub struct OpenCli {
     #[command(flatten)]
     pub common: Common,
@@ -100,7 +125,7 @@ pub struct OpenCli {
 /// when it is short of space, rsyncs into snapshots/<STAMP>.inflight, renames it on success, moves
 /// `latest`, prunes per [retention]. Prints the new snapshot's path.
 #[derive(Debug, Parser)]
-#[command(name = "e2e-sync", version, after_help = exit_codes())]
+#[command(name = "e2e-sync", version, after_help = after_help(""))]
 pub struct SyncCli {
     #[command(flatten)]
     pub common: Common,
@@ -141,7 +166,7 @@ pub struct SyncCli {
 /// Checks the server's free space first (keeping container.server_reserve) and refuses to shrink.
 /// Prints the container file path.
 #[derive(Debug, Parser)]
-#[command(name = "e2e-grow", version, after_help = exit_codes())]
+#[command(name = "e2e-grow", version, after_help = after_help(""))]
 #[command(group = clap::ArgGroup::new("amount").required(true).args(["to", "by"]))]
 pub struct GrowCli {
     #[command(flatten)]
@@ -162,7 +187,7 @@ pub struct GrowCli {
 /// by them; an SFTP-only account cannot run stat, so there it warns and trims unjudged. Prints the
 /// container file path.
 #[derive(Debug, Parser)]
-#[command(name = "e2e-trim", version, after_help = TRIM_NOTES)]
+#[command(name = "e2e-trim", version, after_help = after_help(TRIM_NOTES))]
 pub struct TrimCli {
     #[command(flatten)]
     pub common: Common,
@@ -182,7 +207,7 @@ pub struct TrimCli {
 /// A run whose stack --force took down while it was still coming up fails with exit 5 and says
 /// that the stack was closed under it (not that the link was lost). Prints nothing.
 #[derive(Debug, Parser)]
-#[command(name = "e2e-close", version, after_help = exit_codes())]
+#[command(name = "e2e-close", version, after_help = after_help(""))]
 pub struct CloseCli {
     #[command(flatten)]
     pub common: Common,

@@ -4,7 +4,10 @@
 
 use clap::CommandFactory;
 use clap_complete::Shell;
-use e2e_backup::cli::{CloseCli, GrowCli, MountCli, OpenCli, SyncCli, TrimCli};
+use e2e_backup::cli::{
+    CloseCli, GrowCli, MountCli, OpenCli, SyncCli, TrimCli, ENVIRONMENT, TRIM_NOTES,
+};
+use e2e_backup::error::exit_status;
 use std::path::{Path, PathBuf};
 
 fn commands() -> Vec<clap::Command> {
@@ -37,6 +40,28 @@ fn check(rel: &str, got: &[u8], stale: &mut Vec<String>) {
     }
 }
 
+/// Plain text as roff: backslashes escaped, no line starting with a control character; a blank
+/// line starts a new paragraph, an indented line is shown as is.
+fn roff(text: &str) -> String {
+    let mut out = Vec::new();
+    for l in text.replace('\\', "\\e").lines() {
+        if l.is_empty() {
+            out.push(".PP".to_string());
+        } else if l.starts_with(' ') {
+            out.push(format!(".nf\n{l}\n.fi"));
+        } else if l.starts_with('.') || l.starts_with('\'') {
+            out.push(format!("\\&{l}"));
+        } else {
+            out.push(l.to_string());
+        }
+    }
+    out.join("\n")
+}
+
+fn section(buf: &mut Vec<u8>, title: &str, text: &str) {
+    buf.extend_from_slice(format!(".SH \"{title}\"\n{}\n", roff(text)).as_bytes());
+}
+
 fn report(stale: Vec<String>) {
     assert!(
         stale.is_empty(),
@@ -52,12 +77,25 @@ fn man_pages_are_current() {
     for cmd in commands() {
         let name = cmd.get_name().to_string();
         let mut buf = Vec::new();
-        clap_mangen::Man::new(cmd)
+        let man = clap_mangen::Man::new(cmd)
             .section("1")
             .manual("e2e-backup")
-            .source(format!("e2e-backup {}", env!("CARGO_PKG_VERSION")))
-            .render(&mut buf)
-            .unwrap();
+            .source(format!("e2e-backup {}", env!("CARGO_PKG_VERSION")));
+        // clap's sections, but not EXTRA (--help's closing paragraphs): those get their headings.
+        man.render_title(&mut buf).unwrap();
+        man.render_name_section(&mut buf).unwrap();
+        man.render_synopsis_section(&mut buf).unwrap();
+        man.render_description_section(&mut buf).unwrap();
+        man.render_options_section(&mut buf).unwrap();
+        if name == "e2e-trim" {
+            section(&mut buf, "NOTES", TRIM_NOTES);
+        }
+        buf.extend_from_slice(b".SH ENVIRONMENT\n");
+        for (k, v) in ENVIRONMENT {
+            buf.extend_from_slice(format!(".TP\n.B {k}\n{}\n", roff(v)).as_bytes());
+        }
+        section(&mut buf, "EXIT STATUS", &exit_status("", 100));
+        man.render_version_section(&mut buf).unwrap();
         // A SEE ALSO section clap has no field for: the overview and the job file.
         buf.extend_from_slice(
             b".SH \"SEE ALSO\"\n\\fBe2e-backup\\fR(7), \\fBe2e-backup.toml\\fR(5)\n",
@@ -157,7 +195,6 @@ fn check_paragraph(rel: &str, lead: &str, text: &str, stale: &mut Vec<String>) {
 /// from there; the hand-written page and docs/contract.md are checked against it.
 #[test]
 fn exit_codes_are_described_from_one_source() {
-    use e2e_backup::error::exit_status;
     let mut stale = Vec::new();
     check_paragraph(
         "docs/contract.md",
