@@ -152,6 +152,44 @@ mod tests {
     }
 
     #[test]
+    fn the_check_runs_before_each_command_and_stops_the_rest() {
+        let r = Runner::buffered();
+        let checks = std::cell::Cell::new(0);
+        let steps = || {
+            vec![
+                Step::note("two commands"),
+                Step::run(Cmd::new("true").arg("1")),
+                Step::run(Cmd::new("true").arg("2")),
+            ]
+        };
+        r.all_checked(steps(), &|| {
+            checks.set(checks.get() + 1);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(checks.get(), 2, "not before the note");
+        let e = r
+            .all_checked(steps(), &|| {
+                checks.set(checks.get() + 1);
+                anyhow::ensure!(checks.get() < 4, "not ours any more");
+                Ok(())
+            })
+            .unwrap_err();
+        assert_eq!(e.to_string(), "not ours any more");
+        assert_eq!(
+            r.script(),
+            [
+                "set -e",
+                "# two commands",
+                "true 1",
+                "true 2",
+                "# two commands",
+                "true 1"
+            ]
+        );
+    }
+
+    #[test]
     fn dry_run_prints_variables() {
         let r = Runner::buffered();
         let mut undo = Undo::new(&r);
