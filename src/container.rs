@@ -226,10 +226,6 @@ pub fn luks_resize(dm_name: &str, key: &Path) -> Cmd {
 // The lifecycle steps: each hands its commands to the one Runner as one list, with what undoes
 // each, so a bring-up that fails half-way unwinds in reverse.
 
-fn remove(file: &Path) -> Cmd {
-    Cmd::new("rm").arg("-f").arg(file)
-}
-
 /// Format a new container under its building name: an empty file made exclusively, sized sparse,
 /// attached to a loop device, luksFormat'ed, opened as `dm_name`. Returns the loop device.
 pub fn format(
@@ -248,7 +244,7 @@ pub fn format(
     let v = run.steps(
         undo,
         vec![
-            Step::run(create_exclusive(building)).undo(remove(building)),
+            Step::run(create_exclusive(building)).undo(Cmd::rm_f(building)),
             Step::run(truncate(building, size)),
             Step::capture("loop", losetup_attach(building, false)).undo(losetup_detach(&lp)),
             Step::run(luks_format(&lp, key, test_pbkdf())),
@@ -323,7 +319,7 @@ pub fn overlay(
     let v = run.steps(
         undo,
         vec![
-            Step::run(truncate(cow_file, sectors * 512)).undo(remove(cow_file)),
+            Step::run(truncate(cow_file, sectors * 512)).undo(Cmd::rm_f(cow_file)),
             Step::capture("cow", losetup_local(cow_file)).undo(losetup_detach(Arg::Var("cow"))),
         ],
     )?;
@@ -340,7 +336,7 @@ pub fn overlay(
 pub fn remove_overlay(name: &str, cow_loops: &[Arg], cow_file: &Path) -> Vec<Step> {
     let mut steps = vec![Step::run(overlay_remove(name))];
     steps.extend(cow_loops.iter().map(|l| Step::run(losetup_detach(l))));
-    steps.push(Step::run(remove(cow_file)));
+    steps.push(Step::run(Cmd::rm_f(cow_file)));
     steps
 }
 

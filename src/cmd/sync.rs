@@ -89,10 +89,10 @@ pub(super) fn backup(ctx: &Ctx, job: &Job) -> Result<Published> {
         if let Some(s) = l.strip_suffix(INFLIGHT) {
             let m = manifest::path(fs, s);
             for ext in ["sha256.tmp", "todo.tmp", "part.tmp"] {
-                steps.push(Step::run(rm_f(m.with_extension(ext))));
+                steps.push(Step::run(Cmd::rm_f(m.with_extension(ext))));
             }
         } else if let Some(s) = l.strip_suffix(PRUNING) {
-            steps.push(Step::run(rm_f(manifest::path(fs, s))));
+            steps.push(Step::run(Cmd::rm_f(manifest::path(fs, s))));
         }
     }
     steps.push(Step::run(
@@ -188,15 +188,11 @@ fn prune(ctx: &Ctx, job: &Job, p: &Published) -> Result<()> {
             Cmd::new("mv").arg("-T").arg(snaps.join(s)).arg(&d),
         ));
         steps.push(Step::run(Cmd::new("rm").arg("-rf").arg(&d)));
-        steps.push(Step::run(rm_f(manifest::path(fs, s))));
+        steps.push(Step::run(Cmd::rm_f(manifest::path(fs, s))));
     }
     if !doomed.is_empty() {
         steps.push(Step::run(fsys::sync_fs(fs)));
     }
     ctx.in_container(steps)?;
     Ok(())
-}
-
-fn rm_f(file: PathBuf) -> Cmd {
-    Cmd::new("rm").arg("-f").arg(file)
 }

@@ -82,7 +82,7 @@ pub fn trim(cli: TrimCli) -> Result<Option<PathBuf>> {
             .arg(remote::destination(r)),
     );
     let export = job.container.file.clone();
-    undo.push(Cmd::new("rm").arg("-f").arg(&sock));
+    undo.push(Cmd::rm_f(&sock));
     run.run(
         &Cmd::new("nbd-client")
             .arg("-unix")

@@ -100,6 +100,11 @@ impl Cmd {
         }
     }
 
+    /// `rm -f FILE`: the undo of a file a step made, and the clean-up of one a cut run left.
+    pub fn rm_f(file: impl Into<Arg>) -> Self {
+        Cmd::new("rm").arg("-f").arg(file)
+    }
+
     pub fn arg(mut self, a: impl Into<Arg>) -> Self {
         self.args.push(a.into());
         self

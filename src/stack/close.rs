@@ -196,7 +196,7 @@ pub(crate) fn close_plan(p: &JobPaths, k: &KernelView) -> Vec<Step> {
         let cows: Vec<Arg> = loops_of(slaves).into_iter().map(Arg::from).collect();
         steps.extend(ct::remove_overlay(&p.overlay_name, &cows, &p.cow));
     } else if k.cow_file {
-        steps.push(Step::run(Cmd::new("rm").arg("-f").arg(&p.cow)));
+        steps.push(Step::run(Cmd::rm_f(&p.cow)));
     }
     // Our loop under the mapping: once a dead sshfs is gone its backing path no longer starts with
     // remote/, so the search by path alone would miss it.

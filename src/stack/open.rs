@@ -162,7 +162,7 @@ fn create_container(
             "note: removing {}, left by an interrupted creation",
             building.display()
         );
-        run.run(&Cmd::new("rm").arg("-f").arg(&building))?;
+        run.run(&Cmd::rm_f(&building))?;
     }
     let lp = ct::format(run, undo, &building, size, key, &p.dm_name)?;
     run.run(&fsys::mkfs(dev, &p.dm_name))?;
