@@ -84,6 +84,8 @@ let
           exclude = [ "*.cache" "/home/*/.local/share/Trash" ];
           extraRsyncArgs = [ "--one-file-system" ];
           startAt = [ "*-*-* 03:00:00" "*-*-* 15:00:00" ];
+          verifyAt = "Sun 04:00";
+          trimAt = "monthly";
           inhibitsSleep = true;
           prune.keep = { daily = 7; weekly = 4; monthly = 6; };
           preHook = "echo pre";

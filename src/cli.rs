@@ -47,6 +47,14 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
         "seconds without an answer from the server before a run stops itself (default 600)",
     ),
     (
+        "E2E_BACKUP_OUTCOME",
+        "set by the e2e-backup@ units: e2e-mount, e2e-open and e2e-sync write their result to this file, and e2e-close --outcome reads it",
+    ),
+    (
+        "JOURNAL_STREAM",
+        "set by systemd: when stderr is the journal, error, warning and note lines carry their priority (journalctl -p warning shows them)",
+    ),
+    (
         "NOTIFY_SOCKET",
         "set by systemd: progress and the result go to it as STATUS= lines",
     ),
@@ -218,6 +226,11 @@ pub struct CloseCli {
     /// filesystem mounted all the same)
     #[arg(long)]
     pub force: bool,
+    /// Then exit with the outcome of the job's last backup run through the systemd units, read
+    /// from the file $E2E_BACKUP_OUTCOME names (what e2e-backup@JOB.service runs): the sync's snapshot, or
+    /// the failing layer's error line and exit code; no recorded outcome is a failure
+    #[arg(long)]
+    pub outcome: bool,
 }
 
 #[cfg(test)]

@@ -22,10 +22,10 @@ pub fn test_pbkdf() -> bool {
         return false;
     }
     if Path::new(TEST_PBKDF_MARKER).exists() {
-        eprintln!("warning: {TEST_PBKDF_ENV}=1 and {TEST_PBKDF_MARKER}: cheap test-only key derivation (PBKDF2, 1000 iterations)");
+        crate::warning!("{TEST_PBKDF_ENV}=1 and {TEST_PBKDF_MARKER}: cheap test-only key derivation (PBKDF2, 1000 iterations)");
         true
     } else {
-        eprintln!("warning: {TEST_PBKDF_ENV}=1 ignored without {TEST_PBKDF_MARKER}: the standard key derivation is used");
+        crate::warning!("{TEST_PBKDF_ENV}=1 ignored without {TEST_PBKDF_MARKER}: the standard key derivation is used");
         false
     }
 }

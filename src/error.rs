@@ -44,7 +44,7 @@ impl Code {
             Code::NoSpace => "out of space (server or container)",
             Code::Unchecked => "a check cannot be made (the snapshot's manifest is missing, damaged or empty; --restore --unchecked restores anyway)",
             Code::Hangup | Code::Interrupted | Code::Terminated => {
-                "stopped by SIGHUP, SIGINT, SIGTERM after closing what the run had opened"
+                "stopped by SIGHUP, SIGINT, SIGTERM after closing what the run had opened (a snapshot it had finished is kept and its path printed)"
             }
         }
     }
@@ -95,6 +95,9 @@ fn wrap(text: &str, width: usize) -> String {
 pub struct Fail {
     pub code: Code,
     pub msg: String,
+    /// Another binary's error, already logged at priority err where it happened: shown again at
+    /// priority notice, so that `journalctl -p err` has each failure once.
+    pub repeated: bool,
 }
 
 impl Fail {
@@ -102,6 +105,7 @@ impl Fail {
         Fail {
             code,
             msg: msg.into(),
+            repeated: false,
         }
     }
 }
@@ -117,6 +121,13 @@ impl std::error::Error for Fail {}
 /// Build an `anyhow::Error` carrying an exit code.
 pub fn fail(code: Code, msg: impl Into<String>) -> anyhow::Error {
     Fail::new(code, msg).into()
+}
+
+/// Whether `err` repeats another binary's error (see [`Fail::repeated`]).
+pub fn is_repeated(err: &anyhow::Error) -> bool {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<Fail>())
+        .is_some_and(|f| f.repeated)
 }
 
 /// The exit code for any error: the first [`Fail`] in its chain, else a runtime failure.
@@ -142,6 +153,6 @@ mod tests {
         for c in [1, 2, 3, 4, 5, 6, 7] {
             assert_eq!(flat.matches(&format!("; {c} ")).count(), 1, "{c}: {flat}");
         }
-        assert!(flat.ends_with("; 129, 130, 143 stopped by SIGHUP, SIGINT, SIGTERM after closing what the run had opened."));
+        assert!(flat.ends_with("; 129, 130, 143 stopped by SIGHUP, SIGINT, SIGTERM after closing what the run had opened (a snapshot it had finished is kept and its path printed)."));
     }
 }

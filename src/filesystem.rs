@@ -111,7 +111,7 @@ pub fn check_and_repair(
         match holder {
             Some(h) if h == me.trim() && rechecks < OWN_HOST_RECHECKS => {
                 rechecks += 1;
-                eprintln!("note: the MMP block names this host as the holder: an earlier run's writes may still be landing on the server (after a dropped link); checking again");
+                crate::notice!("the MMP block names this host as the holder: an earlier run's writes may still be landing on the server (after a dropped link); checking again");
             }
             Some(h) if !format!("{e:#}").contains("held by host") => {
                 return Err(refused(Some(&h)).into())

@@ -11,6 +11,7 @@ pub mod exec;
 pub mod filesystem;
 pub mod kernel;
 pub mod manifest;
+pub mod outcome;
 pub mod paths;
 pub mod progress;
 pub mod remote;

@@ -63,7 +63,7 @@ pub(crate) fn build(run: &Runner, fs: &Path, stamp: &str, link: Option<&str>) ->
             Ok(Ok(m)) => Some((fs.join("snapshots").join(l), m)),
             // An old snapshot without a (readable) manifest: hash everything, as the first run does.
             Ok(Err(e)) => {
-                eprintln!("warning: {}: {e}; hashing every file", p.display());
+                crate::warning!("{}: {e}; hashing every file", p.display());
                 None
             }
             Err(_) => None,

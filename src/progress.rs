@@ -12,6 +12,55 @@ pub fn print_stdout(text: &str) {
     let _ = o.write_all(text.as_bytes()).and_then(|_| o.flush());
 }
 
+/// The syslog priority of a line on stderr.
+#[derive(Clone, Copy)]
+pub enum Level {
+    Err = 3,
+    Warning = 4,
+    Notice = 5,
+}
+
+/// One line on stderr. Under systemd, when stderr is the journal stream that `JOURNAL_STREAM`
+/// names, it starts with `<N>`: journald takes that as the line's priority and strips it, so
+/// `journalctl -p warning` shows errors and warnings (the `+ cmd` lines stay at info).
+pub fn stderr_line(level: Level, line: &str) {
+    let line = if to_journal() {
+        format!("<{}>{line}", level as u8)
+    } else {
+        line.to_string()
+    };
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// Whether stderr is the journal stream systemd connected ("DEVICE:INODE" in `JOURNAL_STREAM`).
+fn to_journal() -> bool {
+    static J: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *J.get_or_init(|| {
+        use std::os::fd::AsFd;
+        let Some(want) = std::env::var_os("JOURNAL_STREAM") else {
+            return false;
+        };
+        nix::sys::stat::fstat(std::io::stderr().as_fd())
+            .is_ok_and(|st| want.to_str() == Some(&format!("{}:{}", st.st_dev, st.st_ino)))
+    })
+}
+
+/// `warning!("…", args)`: a `warning: …` line on stderr at priority warning.
+#[macro_export]
+macro_rules! warning {
+    ($($a:tt)*) => {
+        $crate::progress::stderr_line($crate::progress::Level::Warning, &format!("warning: {}", format_args!($($a)*)))
+    };
+}
+
+/// `notice!("…", args)`: a `note: …` line on stderr at priority notice.
+#[macro_export]
+macro_rules! notice {
+    ($($a:tt)*) => {
+        $crate::progress::stderr_line($crate::progress::Level::Notice, &format!("note: {}", format_args!($($a)*)))
+    };
+}
+
 /// Progress to a TTY (stderr) and to systemd (`STATUS=`) when `NOTIFY_SOCKET` is set.
 pub(crate) fn progress_reporter() -> impl FnMut(&str) {
     let tty = std::io::stderr().is_terminal();

@@ -307,7 +307,7 @@ pub fn unmount(run: &Runner, paths: &JobPaths, known_mounted: bool, port: u16) -
         Ok(Some(_)) => true,
         Ok(None) => false,
         Err(e) => {
-            eprintln!("warning: {e:#}; killing sshfs");
+            crate::warning!("{e:#}; killing sshfs");
             false
         }
     };

@@ -129,7 +129,7 @@ pub fn gate(file: &Path, seen: &Seen, accept: bool) -> Result<bool> {
         return Ok(true);
     };
     if accept {
-        eprintln!("warning: {why}; continuing because of --accept-rollback (not pruning this run)");
+        crate::warning!("{why}; continuing because of --accept-rollback (not pruning this run)");
         return Ok(false);
     }
     Err(fail(

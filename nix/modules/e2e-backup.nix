@@ -67,6 +67,24 @@ let
         example = "0";
         description = "Random delay added to each scheduled run (RandomizedDelaySec=).";
       };
+      verifyAt = mkOption {
+        type = with types; either str (listOf str);
+        default = [ ];
+        example = "weekly";
+        description = ''
+          When to read the newest snapshot back and check it against its manifest
+          (e2e-verify@${name}.timer, systemd.time(7) calendar events). Empty: no scheduled verify.
+        '';
+      };
+      trimAt = mkOption {
+        type = with types; either str (listOf str);
+        default = [ ];
+        example = "monthly";
+        description = ''
+          When to give the server back the space of deleted data (e2e-trim@${name}.timer; needs
+          the server's NBD side, services.e2e-backup.server.nbd). Empty: no scheduled trim.
+        '';
+      };
       inhibitsSleep = mkOption {
         type = types.bool;
         default = false;
@@ -183,8 +201,6 @@ let
     };
   };
 
-  startAtList = job: lib.toList job.startAt;
-
   knownHosts = name: job:
     if job.remote.knownHostsFile != null then job.remote.knownHostsFile
     else pkgs.writeText "e2e-backup-${name}-known_hosts"
@@ -235,8 +251,8 @@ let
         # A changed job file applies from the next run; never restart a running backup for it.
         restartIfChanged = false;
       } // extra;
-      # e2e-sync@ and e2e-trim@ below also get the credential (all four read the key).
-      keyUnits = [ "e2e-open" "e2e-grow" ];
+      # e2e-sync@ and e2e-trim@ below also get the credential (all five read the key).
+      keyUnits = [ "e2e-open" "e2e-grow" "e2e-verify" ];
       inhibit = optionals job.inhibitsSleep [ "e2e-backup-inhibit@${name}.service" ];
     in
     mkMerge [
@@ -263,18 +279,26 @@ let
       }
     ];
 
-  jobTimer = name: job: mkIf (startAtList job != [ ]) {
-    "e2e-backup@${name}" = {
-      overrideStrategy = "asDropin";
-      wantedBy = [ "timers.target" ];
-      timerConfig = {
-        # The empty entry drops the template's OnCalendar=daily.
-        OnCalendar = [ "" ] ++ startAtList job;
-        Persistent = job.persistentTimer;
-        RandomizedDelaySec = job.randomizedDelaySec;
+  # The backup, verify and trim timers of a job: drop-ins over the package's templates.
+  jobTimer = name: job:
+    let
+      timer = calendar: {
+        overrideStrategy = "asDropin";
+        wantedBy = [ "timers.target" ];
+        timerConfig = {
+          # The empty entry drops the template's own OnCalendar= (daily, weekly, monthly).
+          OnCalendar = [ "" ] ++ lib.toList calendar;
+          Persistent = job.persistentTimer;
+          RandomizedDelaySec = job.randomizedDelaySec;
+        };
       };
-    };
-  };
+      at = lib.filterAttrs (_: c: lib.toList c != [ ]) {
+        "e2e-backup@${name}" = job.startAt;
+        "e2e-verify@${name}" = job.verifyAt;
+        "e2e-trim@${name}" = job.trimAt;
+      };
+    in
+    lib.mapAttrs (_: timer) at;
 
   jobAssertions = name: job: [
     {

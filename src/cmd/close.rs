@@ -2,6 +2,7 @@
 
 use crate::cli::CloseCli;
 use crate::error::{code_of, fail, Code};
+use crate::outcome;
 use crate::stack::close::teardown;
 use crate::stack::{lock, Ctx};
 use anyhow::Result;
@@ -15,7 +16,7 @@ pub fn close(cli: CloseCli) -> Result<Option<PathBuf>> {
     // A run in progress would go on writing into whatever is at fs/ once the container is gone.
     let _lock = match lock(&ctx) {
         Err(e) if cli.force && code_of(&e) == Code::Locked => {
-            eprintln!("warning: {e:#}; closing anyway (--force): that run will fail");
+            crate::warning!("{e:#}; closing anyway (--force): that run will fail");
             // Read by that run when its next step fails (see stack::lost_link).
             let _ = std::fs::write(&ctx.paths.forced, format!("{}\n", std::process::id()));
             None
@@ -34,5 +35,19 @@ pub fn close(cli: CloseCli) -> Result<Option<PathBuf>> {
         let _ = std::fs::remove_file(&ctx.paths.forced);
     }
     r?;
-    Ok(None)
+    if !cli.outcome || ctx.run.is_dry() {
+        return Ok(None);
+    }
+    let record = std::env::var_os(outcome::ENV)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            fail(
+                Code::Config,
+                format!(
+                    "--outcome: {} is not set (the e2e-backup@ units set it to the record's path)",
+                    outcome::ENV
+                ),
+            )
+        })?;
+    outcome::take(record.as_ref()).map(Some)
 }

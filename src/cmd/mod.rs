@@ -20,8 +20,10 @@ pub use open::open;
 pub use sync::sync;
 pub use trim::trim;
 
-use crate::error::code_of;
+use crate::error::{code_of, is_repeated};
+use crate::outcome;
 use crate::progress::print_stdout;
+use crate::progress::{stderr_line, Level};
 use anyhow::Result;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,7 +32,32 @@ use std::process::ExitCode;
 pub fn main<C: clap::Parser>(name: &str, f: fn(C) -> Result<Option<PathBuf>>) -> ExitCode {
     let cli = C::parse();
     crate::exec::catch_signals();
-    match f(cli) {
+    outcome::begin(name);
+    // A signal that came while the run was closing, after its result was complete, still ends it
+    // with the signal's code; the result is printed first.
+    let r = f(cli).and_then(|p| {
+        if let Err(e) = crate::exec::check_interrupted_after(p.as_deref()) {
+            if let Some(p) = &p {
+                print_stdout(&format!("{}\n", p.display()));
+            }
+            return Err(e);
+        }
+        Ok(p)
+    });
+    let (code, text) = match &r {
+        Ok(p) => (
+            0,
+            p.as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        ),
+        Err(e) => (
+            code_of(e) as u8,
+            format!("{name}: error: {e:#}").replace('\n', " "),
+        ),
+    };
+    outcome::end(name, code, &text);
+    match r {
         Ok(Some(p)) => {
             // In a dry-run stdout is a script: the path becomes a comment.
             let mark = if crate::exec::dry_run_active() {
@@ -42,10 +69,13 @@ pub fn main<C: clap::Parser>(name: &str, f: fn(C) -> Result<Option<PathBuf>>) ->
             ExitCode::SUCCESS
         }
         Ok(None) => ExitCode::SUCCESS,
-        Err(e) => {
-            let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("{name}: error: {msg}");
-            ExitCode::from(code_of(&e) as u8)
+        Err(e) if is_repeated(&e) => {
+            stderr_line(Level::Notice, &format!("{name}: backup failed: {e:#}"));
+            ExitCode::from(code)
+        }
+        Err(_) => {
+            stderr_line(Level::Err, &text);
+            ExitCode::from(code)
         }
     }
 }

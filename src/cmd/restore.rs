@@ -61,7 +61,7 @@ pub(crate) fn restore(
             match m {
                 Ok(m) => Some(m),
                 Err(e) if unchecked => {
-                    eprintln!("warning: {e:#}; restoring without a check (--unchecked)");
+                    crate::warning!("{e:#}; restoring without a check (--unchecked)");
                     None
                 }
                 Err(e) => {
@@ -127,10 +127,13 @@ pub(crate) fn check_restored(
     let bad: Vec<&Vec<u8>> = d.changed.iter().chain(&d.missing).collect();
     for n in &bad {
         let n = manifest::show_name(n);
-        eprintln!(
-            "does not match the manifest: {}/{}",
-            dir.display(),
-            n.trim_start_matches("./")
+        crate::progress::stderr_line(
+            crate::progress::Level::Warning,
+            &format!(
+                "does not match the manifest: {}/{}",
+                dir.display(),
+                n.trim_start_matches("./")
+            ),
         );
     }
     if bad.is_empty() {

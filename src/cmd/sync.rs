@@ -116,7 +116,7 @@ pub(super) fn backup(ctx: &Ctx, job: &Job) -> Result<Published> {
     let out = run.run_streaming(&cmd, progress_reporter())?;
     finish_progress();
     if out.code == 24 {
-        eprintln!("note: some files vanished during the transfer (rsync exit 24); snapshot kept");
+        crate::notice!("some files vanished during the transfer (rsync exit 24); snapshot kept");
     }
     // 1. The checksum manifest (inside the container) is complete before the snapshot is: a snapshot
     // never exists without one. A read error here fails the run; the .inflight goes next run.
@@ -165,8 +165,8 @@ fn prune(ctx: &Ctx, job: &Job, p: &Published) -> Result<()> {
     if let Some(newest) = p.before.iter().map(|s| s.1).max() {
         // A clock behind the newest snapshot makes "days ago" meaningless: keep everything.
         if timefmt::now() < newest {
-            eprintln!(
-                "warning: this host's clock ({}) is earlier than the newest snapshot ({}): not pruning until it is right",
+            crate::warning!(
+                "this host's clock ({}) is earlier than the newest snapshot ({}): not pruning until it is right",
                 timefmt::format_stamp(timefmt::now()),
                 timefmt::format_stamp(newest)
             );

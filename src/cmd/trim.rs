@@ -157,7 +157,7 @@ fn server_allocation(run: &Runner, alloc: &Cmd) -> Result<Option<u64>> {
         Err(e) if code_of(&e) == Code::Remote => Err(e),
         Err(e) => {
             let why = format!("{e:#}").replace('\n', " ");
-            eprintln!("warning: cannot read the container's allocation on the server: the account runs no commands (SFTP-only?) ({why}); trimming without the before/after check");
+            crate::warning!("cannot read the container's allocation on the server: the account runs no commands (SFTP-only?) ({why}); trimming without the before/after check");
             Ok(None)
         }
     }

@@ -69,11 +69,17 @@ pub(crate) fn verify(ctx: &Ctx, job: &Job, spec: &str) -> Result<Option<PathBuf>
             ("extra", &d.extra),
         ] {
             for n in names {
-                eprintln!("{what}: {}", manifest::show_name(n));
+                crate::progress::stderr_line(
+                    crate::progress::Level::Warning,
+                    &format!("{what}: {}", manifest::show_name(n)),
+                );
             }
         }
         for l in &unreadable {
-            eprintln!("read error: {l}");
+            crate::progress::stderr_line(
+                crate::progress::Level::Warning,
+                &format!("read error: {l}"),
+            );
         }
         if d.is_empty() && unreadable.is_empty() {
             eprintln!("verified {stamp}: {} files match its manifest", want.len());

@@ -19,7 +19,9 @@ mod undo;
 
 use cmd::spawn_error;
 pub use cmd::{last_line, quote, Arg, Cmd, Output};
-pub use signals::{catch_signals, check_interrupted, stalled, stop_stalled};
+pub use signals::{
+    catch_signals, check_interrupted, check_interrupted_after, stalled, stop_stalled,
+};
 use signals::{CHILD, SIGNAL};
 pub use steps::{Step, Vars};
 pub use undo::Undo;
@@ -249,10 +251,13 @@ impl Runner {
                 while child.try_wait().ok().flatten().is_none() && Instant::now() < until {
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                eprintln!(
-                    "{}: no answer after {}s, killed",
-                    cmd.program,
-                    limit.as_secs()
+                crate::progress::stderr_line(
+                    crate::progress::Level::Warning,
+                    &format!(
+                        "{}: no answer after {}s, killed",
+                        cmd.program,
+                        limit.as_secs()
+                    ),
                 );
                 return Ok(None);
             }

@@ -72,6 +72,22 @@ pub fn stalled() -> bool {
 
 /// `Err` (exit 128 + N, one line) once a stopping signal has arrived.
 pub fn check_interrupted() -> Result<()> {
+    stop_error("what this run had opened was closed again")
+}
+
+/// [`check_interrupted`] for a run that has finished: a signal that came while it was closing
+/// still ends it with the signal's code (the caller asked it to stop, and a unit or script must see
+/// that), and the line says that its result (`done`) is complete and kept.
+pub fn check_interrupted_after(done: Option<&std::path::Path>) -> Result<()> {
+    let kept = done.map_or(String::new(), |p| {
+        format!(": {} is complete and kept", p.display())
+    });
+    stop_error(&format!(
+        "while closing, after the run had finished{kept}; what it had opened was closed again"
+    ))
+}
+
+fn stop_error(then: &str) -> Result<()> {
     match SIGNAL.load(Ordering::SeqCst) {
         0 => Ok(()),
         STALLED => Err(fail(
@@ -85,10 +101,7 @@ pub fn check_interrupted() -> Result<()> {
             let name = nix::sys::signal::Signal::try_from(sig)
                 .map(|s| s.as_str())
                 .unwrap_or("a signal");
-            Err(fail(
-                Code::for_signal(sig),
-                format!("stopped by {name}; what this run had opened was closed again"),
-            ))
+            Err(fail(Code::for_signal(sig), format!("stopped by {name}; {then}")))
         }
     }
 }

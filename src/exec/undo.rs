@@ -34,7 +34,7 @@ impl Drop for Undo<'_> {
         let _cleanup = self.run.unwinding();
         while let Some(c) = self.steps.pop() {
             if let Err(e) = self.run.run(&c) {
-                eprintln!("warning: cleanup step failed: {e:#}");
+                crate::warning!("cleanup step failed: {e:#}");
             }
         }
     }

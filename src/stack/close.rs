@@ -67,8 +67,8 @@ pub(crate) fn recover_stale(ctx: &Ctx) -> Result<()> {
     // A run killed outright (SIGKILL, OOM, power to the process but not the host) could not
     // unwind: the layers it opened are still up, and would look like a stack opened by hand.
     if let Some((pid, remote)) = stale_owner(p) {
-        eprintln!(
-            "note: job {} has a stack left by a run that was killed (pid {pid}); tearing it down first",
+        crate::notice!(
+            "job {} has a stack left by a run that was killed (pid {pid}); tearing it down first",
             p.job
         );
         // Its rsync may take a moment to die (SIGTERM when its parent did): retry a busy umount.
@@ -78,7 +78,7 @@ pub(crate) fn recover_stale(ctx: &Ctx) -> Result<()> {
                 Ok(()) => break,
                 Err(e) if tries < 5 => {
                     tries += 1;
-                    eprintln!("note: teardown not finished ({e:#}); retrying");
+                    crate::notice!("teardown not finished ({e:#}); retrying");
                     std::thread::sleep(Duration::from_secs(2));
                 }
                 Err(e) => return Err(e),
@@ -95,8 +95,8 @@ pub(crate) fn recover_stale(ctx: &Ctx) -> Result<()> {
         above
     };
     if stale {
-        eprintln!(
-            "note: job {} has a stack left by a run that lost its link; tearing it down first",
+        crate::notice!(
+            "job {} has a stack left by a run that lost its link; tearing it down first",
             p.job
         );
         teardown(ctx, false)?;
@@ -142,7 +142,10 @@ pub(crate) fn teardown(ctx: &Ctx, keep_remote: bool) -> Result<()> {
     // ext4 over a loop over a hung sshfs (or a dead link) blocks umount; killing sshfs first turns
     // that into I/O errors, and the rest of the teardown goes through.
     if !run.is_dry() && remote::is_mounted(p) && !remote::responsive(p, Duration::from_secs(20)) {
-        eprintln!("{}: sshfs does not answer; killing it", p.remote.display());
+        crate::progress::stderr_line(
+            crate::progress::Level::Warning,
+            &format!("{}: sshfs does not answer; killing it", p.remote.display()),
+        );
         remote::fence(run, p, ctx.port.get())?;
     }
     unmount_fs(ctx, false)?;

@@ -33,15 +33,15 @@ pub(crate) fn auto_grow(ctx: &Ctx, job: &Job, stack: &mut Stack) -> Result<()> {
         new = new.min(max);
     }
     if new <= size {
-        eprintln!(
-            "warning: container has only {} free and is at container.max_size; not growing",
+        crate::warning!(
+            "container has only {} free and is at container.max_size; not growing",
             human(free)
         );
         return Ok(());
     }
     match grow_to(ctx, job, stack, new) {
         Err(e) if code_of(&e) == Code::NoSpace => {
-            eprintln!("warning: not growing before sync: {e:#}");
+            crate::warning!("not growing before sync: {e:#}");
             Ok(())
         }
         r => r,

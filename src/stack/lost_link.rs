@@ -59,7 +59,7 @@ pub(crate) fn explain_lost_link(
     {
         let _cleanup = ctx.run.unwinding();
         if let Err(f) = remote::fence(&ctx.run, &ctx.paths, ctx.port.get()) {
-            eprintln!("warning: fencing the dead connection failed: {f:#}");
+            crate::warning!("fencing the dead connection failed: {f:#}");
         }
     }
     fail(

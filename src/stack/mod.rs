@@ -232,7 +232,7 @@ pub(crate) fn with_stack<T>(
     if crate::exec::stalled() {
         let _cleanup = ctx.run.unwinding();
         if let Err(f) = remote::fence(&ctx.run, &ctx.paths, ctx.port.get()) {
-            eprintln!("warning: fencing the silent connection failed: {f:#}");
+            crate::warning!("fencing the silent connection failed: {f:#}");
         }
     }
     let c = close_opened(ctx, &stack);
@@ -241,7 +241,7 @@ pub(crate) fn with_stack<T>(
         (Ok(_), Err(e)) => Err(e),
         (Err(e), Ok(())) => Err(e),
         (Err(e), Err(c)) => {
-            eprintln!("warning: closing the stack after the failure failed too: {c:#}");
+            crate::warning!("closing the stack after the failure failed too: {c:#}");
             Err(e)
         }
     }

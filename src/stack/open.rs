@@ -158,8 +158,8 @@ fn create_container(
     // creation leaves only that name, which the next creation removes.
     let building = ct::building_name(&file);
     if std::fs::symlink_metadata(&building).is_ok() {
-        eprintln!(
-            "note: removing {}, left by an interrupted creation",
+        crate::notice!(
+            "removing {}, left by an interrupted creation",
             building.display()
         );
         run.run(&Cmd::rm_f(&building))?;
@@ -230,8 +230,8 @@ pub(crate) fn open_overlay(ctx: &Ctx, undo: &mut Undo) -> Result<Option<Arg>> {
     if !fsys::needs_recovery(&sb) {
         return Ok(None);
     }
-    eprintln!(
-        "note: the container's journal needs recovery (it was not closed cleanly): replaying it into a local overlay ({}); the server's copy is not written",
+    crate::notice!(
+        "the container's journal needs recovery (it was not closed cleanly): replaying it into a local overlay ({}); the server's copy is not written",
         p.cow.display()
     );
     let sectors: u64 = run

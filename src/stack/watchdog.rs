@@ -38,9 +38,12 @@ impl StallWatchdog {
                         let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
                     }
                 } else if last_ok.elapsed() >= Duration::from_secs(limit) {
-                    eprintln!(
-                        "{}: the server has not answered for {limit} s; stopping the run",
-                        paths.remote.display()
+                    crate::progress::stderr_line(
+                        crate::progress::Level::Warning,
+                        &format!(
+                            "{}: the server has not answered for {limit} s; stopping the run",
+                            paths.remote.display()
+                        ),
                     );
                     crate::exec::stop_stalled(limit);
                     // The running step may be blocked in the kernel on the silent FUSE mount
