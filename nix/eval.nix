@@ -106,6 +106,7 @@ let
           persistentTimer = false;
           randomizedDelaySec = "0";
           prune.keep.last = 24;
+          allowPartial = false;
           remote = {
             host = "10.0.0.2";
             port = 2222;

@@ -13,6 +13,7 @@ pub enum Code {
     Locked = 5,
     NoSpace = 6,
     Unchecked = 7,
+    Incomplete = 8,
     /// 128 + the signal's number.
     Hangup = 129,
     Interrupted = 130,
@@ -20,7 +21,7 @@ pub enum Code {
 }
 
 impl Code {
-    pub const ALL: [Code; 10] = [
+    pub const ALL: [Code; 11] = [
         Code::Runtime,
         Code::Config,
         Code::Remote,
@@ -28,6 +29,7 @@ impl Code {
         Code::Locked,
         Code::NoSpace,
         Code::Unchecked,
+        Code::Incomplete,
         Code::Hangup,
         Code::Interrupted,
         Code::Terminated,
@@ -43,6 +45,7 @@ impl Code {
             Code::Locked => "locked by another run on this host, or the stack was closed under the run by e2e-close --force",
             Code::NoSpace => "out of space (server or container)",
             Code::Unchecked => "a check cannot be made (the snapshot's manifest is missing, damaged or empty; --restore --unchecked restores anyway)",
+            Code::Incomplete => "a snapshot was made but is incomplete: some source files could not be read (the previous version stands in where there was one; e2e-sync --list marks it)",
             Code::Hangup | Code::Interrupted | Code::Terminated => {
                 "stopped by SIGHUP, SIGINT, SIGTERM after closing what the run had opened (a snapshot it had finished is kept and its path printed)"
             }
@@ -150,7 +153,7 @@ mod tests {
             flat.starts_with("0 success; 1 an external step failed; 2 usage"),
             "{flat}"
         );
-        for c in [1, 2, 3, 4, 5, 6, 7] {
+        for c in [1, 2, 3, 4, 5, 6, 7, 8] {
             assert_eq!(flat.matches(&format!("; {c} ")).count(), 1, "{c}: {flat}");
         }
         assert!(flat.ends_with("; 129, 130, 143 stopped by SIGHUP, SIGINT, SIGTERM after closing what the run had opened (a snapshot it had finished is kept and its path printed)."));

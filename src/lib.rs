@@ -12,6 +12,7 @@ pub mod filesystem;
 pub mod kernel;
 pub mod manifest;
 pub mod outcome;
+pub mod partial;
 pub mod paths;
 pub mod progress;
 pub mod remote;

@@ -79,15 +79,22 @@ pub fn rsync_backup(sync: &Sync, fs: &Path, stamp: &str, link_dest: Option<&str>
             .join(format!("{stamp}{INFLIGHT}"))
             .display()
     );
-    c.args(&sync.rsync_args)
+    let c = c
+        .args(&sync.rsync_args)
         .args(&sync.paths)
         .arg(dest)
-        .ok_code(24)
-        .on_fail(|_, out| rsync_failure(out))
+        .ok_code(24);
+    // 23: some files were not transferred; the run sorts out whether they were unread sources.
+    let c = if sync.allow_partial {
+        c.handled_code(23)
+    } else {
+        c
+    };
+    c.on_fail(|_, out| rsync_failure(out))
 }
 
 /// rsync's own "rsync: …" line names what failed; its closing "rsync error: … (code N)" does not.
-fn rsync_failure(out: &str) -> Option<Fail> {
+pub(crate) fn rsync_failure(out: &str) -> Option<Fail> {
     if out.contains("No space left on device") {
         return Some(Fail::new(
             Code::NoSpace,
@@ -241,6 +248,7 @@ mod tests {
             exclude: vec!["*.cache".into()],
             exclude_from: vec!["/etc/e2e-backup/x.exclude".into()],
             rsync_args: vec!["--one-file-system".into()],
+            allow_partial: true,
         };
         let fs = Path::new("/run/e2e-backup/home/fs");
         let c = rsync_backup(&s, fs, "2024-01-02T03:04:05Z", Some("2024-01-01T03:04:05Z"));

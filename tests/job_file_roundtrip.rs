@@ -61,6 +61,7 @@ fn render(j: &config::Job) -> String {
         ("sync.paths", format!("{:?}", j.sync.paths)),
         ("sync.exclude", format!("{:?}", j.sync.exclude)),
         ("sync.rsync_args", format!("{:?}", j.sync.rsync_args)),
+        ("sync.allow_partial", j.sync.allow_partial.to_string()),
         ("retention", format!("{:?}", j.retention)),
     ] {
         writeln!(out, "{k}={v}").unwrap();

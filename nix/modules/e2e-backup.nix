@@ -47,6 +47,15 @@ let
         example = [ "--one-file-system" ];
         description = "Extra arguments appended to rsync (sync.rsync_args).";
       };
+      allowPartial = mkOption {
+        type = types.bool;
+        default = true;
+        description = ''
+          A run during which some source files cannot be read still publishes its snapshot, marked
+          incomplete (the previous version stands in), and exits 8 (sync.allow_partial). false: such
+          a run fails and publishes nothing.
+        '';
+      };
       startAt = mkOption {
         type = with types; either str (listOf str);
         default = "daily";
@@ -225,6 +234,7 @@ let
     sync = {
       inherit (job) paths exclude;
       rsync_args = job.extraRsyncArgs;
+      allow_partial = job.allowPartial;
     };
     retention = {
       keep_last = job.prune.keep.last;

@@ -2,16 +2,17 @@
 
 use crate::cli::SyncCli;
 use crate::config::Job;
-use crate::error::{fail, Code};
+use crate::error::{fail, Code, Fail};
 use crate::exec::{Cmd, Step};
 use crate::filesystem as fsys;
 use crate::manifest;
-use crate::progress::{finish_progress, notify_status, progress_reporter};
+use crate::partial;
+use crate::progress::{finish_progress, notify_status, print_stdout, progress_reporter};
 use crate::snapshots::{self, INFLIGHT, PRUNING};
 use crate::stack::grow::auto_grow;
 use crate::stack::{lock, with_stack, Ctx};
 use crate::timefmt;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::path::PathBuf;
 
 pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
@@ -39,7 +40,7 @@ pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
     }
     let mut job = job;
     job.container.create |= cli.create;
-    with_stack(&ctx, &job, false, |stack| {
+    let (dest, unread) = with_stack(&ctx, &job, false, |stack| {
         if !cli.no_grow {
             auto_grow(&ctx, &job, stack)?;
         }
@@ -50,8 +51,21 @@ pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
             prune(&ctx, &job, &published)?;
         }
         notify_status(&format!("snapshot {} done", dest.display()));
-        Ok(Some(dest))
-    })
+        Ok((dest, published.unread.len()))
+    })?;
+    if unread > 0 {
+        // Published, recorded and pruned like any other: the path is the result all the same.
+        print_stdout(&format!("{}\n", dest.display()));
+        return Err(fail(
+            Code::Incomplete,
+            format!(
+                "snapshot {} is incomplete: {unread} source path(s) could not be read (see the warnings; e2e-sync --list marks it, and its record is manifests/{}.incomplete in the container)",
+                dest.display(),
+                dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+            ),
+        ));
+    }
+    Ok(Some(dest))
 }
 
 /// What [`backup`] published: the new snapshot and the snapshots that were there before it.
@@ -60,6 +74,8 @@ pub(super) struct Published {
     stamp: String,
     now: i64,
     before: Vec<(String, i64)>,
+    /// The source paths rsync could not read, and what stands in for each (empty: complete).
+    unread: Vec<(partial::Unread, partial::Stand)>,
 }
 
 /// The publish order. Nothing that points at a snapshot may become durable before the snapshot's
@@ -88,11 +104,18 @@ pub(super) fn backup(ctx: &Ctx, job: &Job) -> Result<Published> {
         steps.push(Step::run(Cmd::new("rm").arg("-rf").arg(snaps.join(l))));
         if let Some(s) = l.strip_suffix(INFLIGHT) {
             let m = manifest::path(fs, s);
-            for ext in ["sha256.tmp", "todo.tmp", "part.tmp"] {
+            for ext in [
+                "sha256.tmp",
+                "todo.tmp",
+                "part.tmp",
+                "incomplete.tmp",
+                "incomplete",
+            ] {
                 steps.push(Step::run(Cmd::rm_f(m.with_extension(ext))));
             }
         } else if let Some(s) = l.strip_suffix(PRUNING) {
             steps.push(Step::run(Cmd::rm_f(manifest::path(fs, s))));
+            steps.push(Step::run(Cmd::rm_f(partial::record_path(fs, s))));
         }
     }
     steps.push(Step::run(
@@ -118,6 +141,11 @@ pub(super) fn backup(ctx: &Ctx, job: &Job) -> Result<Published> {
     if out.code == 24 {
         crate::notice!("some files vanished during the transfer (rsync exit 24); snapshot kept");
     }
+    let unread = if out.code == 23 {
+        stand_in_unread(ctx, &stamp, link.as_deref(), &out.stderr)?
+    } else {
+        Vec::new()
+    };
     // 1. The checksum manifest (inside the container) is complete before the snapshot is: a snapshot
     // never exists without one. A read error here fails the run; the .inflight goes next run.
     manifest::build(run, fs, &stamp, link.as_deref())?;
@@ -153,7 +181,57 @@ pub(super) fn backup(ctx: &Ctx, job: &Job) -> Result<Published> {
         stamp,
         now,
         before: stamps,
+        unread,
     })
+}
+
+/// An rsync that exited 23 (see [`crate::partial`]): put the previous version in place of each
+/// source path it could not read, and write the snapshot's record of them, before the manifest is
+/// made and the snapshot published. An error that was not about reading the source fails the run.
+fn stand_in_unread(
+    ctx: &Ctx,
+    stamp: &str,
+    link: Option<&str>,
+    stderr: &str,
+) -> Result<Vec<(partial::Unread, partial::Stand)>> {
+    let unread = partial::parse(stderr).map_err(|line| {
+        snapshots::rsync_failure(&line).unwrap_or_else(|| Fail::new(Code::Runtime, line))
+    })?;
+    let fs = ctx.paths.fs.as_path();
+    let snaps = fs.join("snapshots");
+    let inflight = snaps.join(format!("{stamp}{INFLIGHT}"));
+    let mut steps = Vec::new();
+    let mut entries = Vec::new();
+    for u in unread {
+        let target = inflight.join(u.path.trim_start_matches('/'));
+        let old = link.and_then(|l| partial::previous(&snaps.join(l), &u.path));
+        let stand = match old {
+            Some(old) if old.is_dir() => {
+                steps.push(Step::run(
+                    Cmd::new("cp").args(["-al", "-T"]).arg(&old).arg(&target),
+                ));
+                partial::Stand::Stale
+            }
+            Some(old) if std::fs::symlink_metadata(&target).is_err() => {
+                if let Some(parent) = target.parent() {
+                    steps.push(Step::run(Cmd::new("mkdir").arg("-p").arg(parent)));
+                }
+                steps.push(Step::run(Cmd::new("ln").arg(&old).arg(&target)));
+                partial::Stand::Stale
+            }
+            _ => partial::Stand::Missing,
+        };
+        crate::warning!("could not read {}: {} ({})", u.path, u.why, stand.word());
+        entries.push((u, stand));
+    }
+    let record = partial::record_path(fs, stamp);
+    let tmp = record.with_extension("incomplete.tmp");
+    ctx.assert_container_mounted()?;
+    std::fs::write(&tmp, partial::render(&entries))
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    steps.push(Step::run(Cmd::new("mv").arg("-T").arg(&tmp).arg(&record)));
+    ctx.in_container(steps)?;
+    Ok(entries)
 }
 
 /// Step 6 of the publish order: delete the snapshots retention no longer keeps, once the new one is
@@ -189,6 +267,7 @@ fn prune(ctx: &Ctx, job: &Job, p: &Published) -> Result<()> {
         ));
         steps.push(Step::run(Cmd::new("rm").arg("-rf").arg(&d)));
         steps.push(Step::run(Cmd::rm_f(manifest::path(fs, s))));
+        steps.push(Step::run(Cmd::rm_f(partial::record_path(fs, s))));
     }
     if !doomed.is_empty() {
         steps.push(Step::run(fsys::sync_fs(fs)));

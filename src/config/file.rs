@@ -50,6 +50,7 @@ pub struct RawSync {
     pub exclude: Option<Vec<String>>,
     pub exclude_from: Option<Vec<PathBuf>>,
     pub rsync_args: Option<Vec<String>>,
+    pub allow_partial: Option<bool>,
 }
 
 /// Retention policy, restic/borg semantics (see `snapshots::select_keep`). All zero = keep everything.

@@ -92,6 +92,9 @@ pub struct Sync {
     pub exclude: Vec<String>,
     pub exclude_from: Vec<PathBuf>,
     pub rsync_args: Vec<String>,
+    /// A run whose source files cannot all be read still publishes a snapshot, marked incomplete
+    /// (see `partial`); false: it fails and publishes nothing.
+    pub allow_partial: bool,
 }
 
 /// A resolved job.
@@ -260,6 +263,7 @@ fn resolve(job: &str, raw: RawFile, ov: &Overrides, origin: &str) -> Result<Job>
         exclude: s.exclude.unwrap_or_default(),
         exclude_from: s.exclude_from.unwrap_or_default(),
         rsync_args: s.rsync_args.unwrap_or_default(),
+        allow_partial: s.allow_partial.unwrap_or(true),
     };
     if !ov.sources.is_empty() {
         sync.paths = ov.sources.clone();

@@ -86,6 +86,9 @@ pub struct Cmd {
     pub env: Vec<(String, String)>,
     /// Exit codes other than 0 that count as success (rsync 24, fsck 1).
     pub ok_codes: Vec<i32>,
+    /// Exit codes the caller handles from the output (rsync 23). A dry-run script cannot, so there
+    /// they stay failures.
+    handled_codes: Vec<i32>,
     errmap: Option<ErrMap>,
 }
 
@@ -96,6 +99,7 @@ impl Cmd {
             args: Vec::new(),
             env: Vec::new(),
             ok_codes: Vec::new(),
+            handled_codes: Vec::new(),
             errmap: None,
         }
     }
@@ -126,6 +130,13 @@ impl Cmd {
 
     pub fn ok_code(mut self, c: i32) -> Self {
         self.ok_codes.push(c);
+        self
+    }
+
+    /// Let exit code `c` through to the caller, which reads the output to decide (see
+    /// [`Cmd::handled_codes`]); the dry-run script still fails on it.
+    pub fn handled_code(mut self, c: i32) -> Self {
+        self.handled_codes.push(c);
         self
     }
 
@@ -201,7 +212,7 @@ impl Cmd {
 
     pub(super) fn check(&self, code: Option<i32>, out: &Output) -> Result<()> {
         let rc = code.unwrap_or(-1);
-        if rc == 0 || self.ok_codes.contains(&rc) {
+        if rc == 0 || self.ok_codes.contains(&rc) || self.handled_codes.contains(&rc) {
             return Ok(());
         }
         let stderr = out.stderr.as_str();
