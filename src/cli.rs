@@ -131,7 +131,9 @@ pub struct OpenCli {
 ///
 /// Opens the stack if needed (and closes what it opened at the end), grows the container first
 /// when it is short of space, rsyncs into snapshots/<STAMP>.inflight, renames it on success, moves
-/// `latest`, prunes per [retention]. Prints the new snapshot's path.
+/// `latest`, prunes per [retention]. Prints the new snapshot's path. Source files that cannot be
+/// read do not cost the snapshot (sync.allow_partial): it is published with the previous version
+/// in their place, marked incomplete, and the run exits 8.
 #[derive(Debug, Parser)]
 #[command(name = "e2e-sync", version, after_help = after_help(""))]
 pub struct SyncCli {
@@ -145,7 +147,8 @@ pub struct SyncCli {
     /// the files (otherwise refused with exit 7 before anything is copied); the restore is unchecked
     #[arg(long, requires = "restore")]
     pub unchecked: bool,
-    /// List the snapshots, oldest first
+    /// List the snapshots, oldest first, one stamp per line; an incomplete one is followed by a tab
+    /// and "incomplete: N source path(s) not read"
     #[arg(long)]
     pub list: bool,
     /// Re-read SNAPSHOT (--verify=STAMP; default `latest`; read-only open) against the checksum
