@@ -151,6 +151,10 @@ pub struct SyncCli {
     /// and "incomplete: N source path(s) not read"
     #[arg(long)]
     pub list: bool,
+    /// With --list: print a JSON array instead, one object per snapshot (stamp, time, latest,
+    /// complete, unread, files, bytes, changed_bytes, seconds; see docs/contract.md)
+    #[arg(long, requires = "list")]
+    pub json: bool,
     /// Re-read SNAPSHOT (--verify=STAMP; default `latest`; read-only open) against the checksum
     /// manifest written when it was made; report changed, missing and extra files, exit 1 on any
     /// difference

@@ -20,6 +20,7 @@ pub mod rollback;
 pub mod size;
 pub mod snapshots;
 pub mod stack;
+pub mod summary;
 pub mod timefmt;
 
 pub use error::{Code, Fail};

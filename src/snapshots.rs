@@ -38,6 +38,11 @@ pub fn latest(fs: &Path) -> Option<String> {
     (parse_stamp(&name).is_some() && fs.join("snapshots").join(&name).is_dir()).then_some(name)
 }
 
+/// The rsync log of snapshot `stamp`, inside the container (its stats feed `--list --json`).
+pub fn log_path(fs: &Path, stamp: &str) -> PathBuf {
+    fs.join("logs").join(format!("{stamp}.log"))
+}
+
 /// The backup rsync. Sources are transferred with `--relative` so `/home` and `/var/lib/x` keep
 /// their full paths inside the snapshot and cannot collide. `--link-dest` is relative to the
 /// destination, hence `../STAMP`.
@@ -57,10 +62,7 @@ pub fn rsync_backup(sync: &Sync, fs: &Path, stamp: &str, link_dest: Option<&str>
         // No data between rsync's processes for 10 min (a source or destination that hangs):
         // rsync gives up instead of holding the job's lock forever.
         .arg("--timeout=600")
-        .arg(format!(
-            "--log-file={}",
-            fs.join("logs").join(format!("{stamp}.log")).display()
-        ))
+        .arg(format!("--log-file={}", log_path(fs, stamp).display()))
         // The run's own mounts (the container inside itself, the sshfs view of the server) are
         // never part of a backup, whatever sync.paths says (paths = ["/"]).
         .arg(format!("--exclude={}/", crate::paths::RUN_BASE));

@@ -17,6 +17,7 @@ complete -c e2e-sync -l dry-run -d 'Print the commands that would run, shell-quo
 complete -c e2e-sync -s v -l verbose -d 'Also show the output of the commands run'
 complete -c e2e-sync -l unchecked -d 'With --restore: restore even when the snapshot\'s manifest is missing, damaged or lists none of the files (otherwise refused with exit 7 before anything is copied); the restore is unchecked'
 complete -c e2e-sync -l list -d 'List the snapshots, oldest first, one stamp per line; an incomplete one is followed by a tab and "incomplete: N source path(s) not read"'
+complete -c e2e-sync -l json -d 'With --list: print a JSON array instead, one object per snapshot (stamp, time, latest, complete, unread, files, bytes, changed_bytes, seconds; see docs/contract.md)'
 complete -c e2e-sync -l create -d 'Create the container first if it does not exist (as e2e-open --create)'
 complete -c e2e-sync -l no-grow -d 'Do not grow the container before syncing'
 complete -c e2e-sync -l no-prune -d 'Do not prune old snapshots after syncing'

@@ -27,7 +27,7 @@ pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
         return super::verify::verify(&ctx, &job, snap);
     }
     if cli.list {
-        return super::list::list(&ctx, &job);
+        return super::list::list(&ctx, &job, cli.json);
     }
     if job.sync.paths.is_empty() {
         return Err(fail(
