@@ -87,7 +87,7 @@ let
           verifyAt = "Sun 04:00";
           trimAt = "monthly";
           inhibitsSleep = true;
-          prune.keep = { daily = 7; weekly = 4; monthly = 6; };
+          prune.keep = { daily = 7; weekly = 4; monthly = 6; within = "2w"; };
           preHook = "echo pre";
           postHook = "echo post $EXIT_STATUS";
           remote = {

@@ -181,14 +181,16 @@ impl Spec<'_> {
 ///
 /// keep_last N keeps the N newest. keep_hourly/daily/weekly/monthly/yearly N keep, for each of the
 /// N most recent hours/days/ISO weeks/months/years that have snapshots, the newest snapshot in it.
-/// A snapshot is kept if any rule keeps it. A policy of all zeros keeps everything.
+/// keep_within D keeps every snapshot made within D before the newest one. A snapshot is kept if
+/// any rule keeps it. A policy of all zeros keeps everything.
 pub fn select_keep(stamps: &[(String, i64)], p: &Retention) -> BTreeSet<String> {
     let all = p.keep_last == 0
         && p.keep_hourly == 0
         && p.keep_daily == 0
         && p.keep_weekly == 0
         && p.keep_monthly == 0
-        && p.keep_yearly == 0;
+        && p.keep_yearly == 0
+        && p.keep_within == 0;
     if all {
         return stamps.iter().map(|s| s.0.clone()).collect();
     }
@@ -197,6 +199,16 @@ pub fn select_keep(stamps: &[(String, i64)], p: &Retention) -> BTreeSet<String> 
     let mut keep = BTreeSet::new();
     for s in newest_first.iter().take(p.keep_last as usize) {
         keep.insert(s.0.clone());
+    }
+    // keep_within counts back from the newest snapshot, not from the clock (as restic does): a
+    // host that has not backed up for a month still keeps that month's last week.
+    if let (true, Some(newest)) = (p.keep_within > 0, newest_first.first()) {
+        for s in newest_first
+            .iter()
+            .filter(|s| s.1 >= newest.1 - p.keep_within)
+        {
+            keep.insert(s.0.clone());
+        }
     }
     type Bucket = fn(i64) -> (i64, u32, u32, u32);
     let rules: [(u32, Bucket); 5] = [
@@ -356,6 +368,29 @@ mod tests {
     fn retention_none_keeps_all() {
         let s = vec![at(2024, 1, 1, 0), at(2024, 1, 2, 0)];
         assert_eq!(select_keep(&s, &Retention::default()).len(), 2);
+    }
+
+    #[test]
+    fn retention_within_counts_from_the_newest() {
+        // A snapshot a day in March, then none for a month: "7d" keeps March 25-31, not nothing.
+        let s: Vec<_> = (1..=31).map(|d| at(2024, 3, d, 12)).collect();
+        let p = Retention {
+            keep_within: 7 * 86400,
+            ..Retention::default()
+        };
+        let k = select_keep(&s, &p);
+        let want: BTreeSet<String> = (24..=31).map(|d| at(2024, 3, d, 12).0).collect();
+        assert_eq!(
+            k, want,
+            "within 7 days of March 31 12:00, both ends included"
+        );
+        // Combined with another rule: the union.
+        let p = Retention {
+            keep_within: 86400,
+            keep_last: 3,
+            ..Retention::default()
+        };
+        assert_eq!(select_keep(&s, &p).len(), 3);
     }
 
     #[test]

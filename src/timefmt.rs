@@ -60,9 +60,60 @@ pub(crate) fn at_ymdh(y: i32, m: u8, d: u8, h: u8) -> i64 {
         .unix_timestamp()
 }
 
+/// A `keep_within` duration: numbers with units y (365 days), m (30 days), w, d, h, written
+/// together ("1y6m", "7d", "36h"), in seconds.
+pub fn parse_within(s: &str) -> Result<i64, String> {
+    let bad = || format!("{s:?} is not a duration like 7d, 2w, 1y6m or 36h (units y, m, w, d, h)");
+    let mut total: i64 = 0;
+    let mut num = String::new();
+    for c in s.trim().chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let unit = match c {
+            'y' => 365 * 86400,
+            'm' => 30 * 86400,
+            'w' => 7 * 86400,
+            'd' => 86400,
+            'h' => 3600,
+            _ => return Err(bad()),
+        };
+        let n: i64 = num.parse().map_err(|_| bad())?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+        num.clear();
+    }
+    if !num.is_empty() || total == 0 {
+        return Err(bad());
+    }
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn within_durations() {
+        assert_eq!(parse_within("7d"), Ok(7 * 86400));
+        assert_eq!(parse_within("1y6m"), Ok((365 + 180) * 86400));
+        assert_eq!(parse_within("2w36h"), Ok(14 * 86400 + 36 * 3600));
+        for bad in [
+            "",
+            "7",
+            "d",
+            "7x",
+            "0d",
+            "1.5d",
+            "-1d",
+            "99999999999999999y",
+        ] {
+            assert!(parse_within(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn stamps_round_trip() {

@@ -110,6 +110,12 @@ let
         weekly = keepOption "ISO weeks";
         monthly = keepOption "months";
         yearly = keepOption "years";
+        within = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          example = "7d";
+          description = "Keep every snapshot made within this long before the newest one (units y, m, w, d, h, e.g. \"1y6m\"; retention.keep_within).";
+        };
       };
       preHook = mkOption {
         type = types.lines;
@@ -243,7 +249,7 @@ let
       keep_weekly = job.prune.keep.weekly;
       keep_monthly = job.prune.keep.monthly;
       keep_yearly = job.prune.keep.yearly;
-    };
+    } // optionalAttrs (job.prune.keep.within != null) { keep_within = job.prune.keep.within; };
   };
 
   jobFile = name: job: settingsFormat.generate "e2e-backup-${name}.toml" (jobSettings name job);

@@ -69,6 +69,15 @@ pub struct Retention {
     pub keep_monthly: u32,
     #[serde(default)]
     pub keep_yearly: u32,
+    /// Every snapshot made within this long before the newest one ("7d", "2w", "1y6m", "36h"),
+    /// in seconds; 0 = not set.
+    #[serde(default, deserialize_with = "within_seconds")]
+    pub keep_within: i64,
+}
+
+fn within_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let s = String::deserialize(d)?;
+    crate::timefmt::parse_within(&s).map_err(serde::de::Error::custom)
 }
 
 /// Parse the text of a job file; errors read `FILE:LINE: message (in [section])`.
