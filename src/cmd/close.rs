@@ -3,6 +3,7 @@
 use crate::cli::CloseCli;
 use crate::error::{code_of, fail, Code};
 use crate::outcome;
+use crate::progress::notify_status;
 use crate::stack::close::teardown;
 use crate::stack::{lock, Ctx};
 use anyhow::Result;
@@ -49,5 +50,7 @@ pub fn close(cli: CloseCli) -> Result<Option<PathBuf>> {
                 ),
             )
         })?;
-    outcome::take(record.as_ref()).map(Some)
+    let snapshot = outcome::take(record.as_ref())?;
+    notify_status(&format!("backup done: {}", snapshot.display()));
+    Ok(Some(snapshot))
 }
