@@ -3,7 +3,6 @@
 use crate::cli::CloseCli;
 use crate::error::{code_of, fail, Code};
 use crate::outcome;
-use crate::progress::notify_status;
 use crate::stack::close::teardown;
 use crate::stack::{lock, Ctx};
 use anyhow::Result;
@@ -50,7 +49,5 @@ pub fn close(cli: CloseCli) -> Result<Option<PathBuf>> {
                 ),
             )
         })?;
-    let snapshot = outcome::take(record.as_ref())?;
-    notify_status(&format!("backup done: {}", snapshot.display()));
-    Ok(Some(snapshot))
+    outcome::take(record.as_ref()).map(Some)
 }

@@ -23,7 +23,7 @@ pub use trim::trim;
 use crate::error::{code_of, is_repeated};
 use crate::outcome;
 use crate::progress::print_stdout;
-use crate::progress::{notify_status, stderr_line, Level};
+use crate::progress::{stderr_line, Level};
 use anyhow::Result;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -71,7 +71,6 @@ pub fn main<C: clap::Parser>(name: &str, f: fn(C) -> Result<Option<PathBuf>>) ->
         Ok(None) => ExitCode::SUCCESS,
         Err(e) if is_repeated(&e) => {
             stderr_line(Level::Notice, &format!("{name}: backup failed: {e:#}"));
-            notify_status(&format!("backup failed: {e:#}"));
             ExitCode::from(code)
         }
         Err(_) => {
