@@ -13,14 +13,22 @@ pub(super) static CHILD: AtomicI32 = AtomicI32::new(0);
 extern "C" fn on_signal(sig: nix::libc::c_int) {
     // Only async-signal-safe work here: remember the signal, stop the running step. A second
     // signal (a cleanup step that hangs, an impatient user) ends the process the default way.
-    if SIGNAL
-        .compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst)
-        .is_err()
-    {
-        unsafe {
+    // After a stall the first signal is taken as the consequence of the stall it is (systemd
+    // stops the units above a remote the run itself fenced): the run is unwinding already.
+    match SIGNAL.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst) {
+        Ok(_) => {}
+        Err(STALLED) => {
+            let _ = SIGNAL.compare_exchange(
+                STALLED,
+                STALLED_SIGNALED,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            );
+        }
+        Err(_) => unsafe {
             nix::libc::signal(sig, nix::libc::SIG_DFL);
             nix::libc::raise(sig);
-        }
+        },
     }
     let pg = CHILD.load(Ordering::SeqCst);
     if pg > 0 {
@@ -48,6 +56,8 @@ pub fn catch_signals() {
 
 /// The value of [`SIGNAL`] that means "stopped because the server stopped answering".
 const STALLED: i32 = -1;
+/// Stalled, and a signal came since: the next one ends the process.
+const STALLED_SIGNALED: i32 = -2;
 
 /// Stop the running step and refuse further ones, as a signal would, because the server has not
 /// answered for `secs` seconds (see ops' stall watchdog): the run then unwinds and exits 3.
@@ -67,7 +77,7 @@ static STALLED_SECS: AtomicI32 = AtomicI32::new(0);
 
 /// Whether the run was stopped by [`stop_stalled`].
 pub fn stalled() -> bool {
-    SIGNAL.load(Ordering::SeqCst) == STALLED
+    matches!(SIGNAL.load(Ordering::SeqCst), STALLED | STALLED_SIGNALED)
 }
 
 /// `Err` (exit 128 + N, one line) once a stopping signal has arrived.
@@ -90,7 +100,7 @@ pub fn check_interrupted_after(done: Option<&std::path::Path>) -> Result<()> {
 fn stop_error(then: &str) -> Result<()> {
     match SIGNAL.load(Ordering::SeqCst) {
         0 => Ok(()),
-        STALLED => Err(fail(
+        STALLED | STALLED_SIGNALED => Err(fail(
             Code::Remote,
             format!(
                 "the server stopped answering (no reply to a statfs for {} s): stopped and closed again; earlier snapshots are not affected",
