@@ -60,11 +60,16 @@ pub fn end(binary: &str, code: u8, text: &str) {
 /// failure (sshfs died under the run) the sync's own line about it. So: a result fills an empty
 /// record, and a failure replaces a success; nothing else replaces anything.
 fn replaces(now: &str, code: u8) -> bool {
-    let recorded = now.lines().next().and_then(|l| l.split('\t').nth(1));
-    match recorded {
+    match parse_record(now) {
         None => true,
-        Some(c) => code != 0 && c == "0",
+        Some((_, c, _)) => code != 0 && c == 0,
     }
+}
+
+/// `BINARY<TAB>CODE<TAB>TEXT` (the first line), or `None` for an empty or damaged record.
+fn parse_record(record: &str) -> Option<(&str, u8, &str)> {
+    let mut f = record.lines().next()?.splitn(3, '\t');
+    Some((f.next()?, f.next()?.parse().ok()?, f.next()?))
 }
 
 fn format_record(binary: &str, code: u8, text: &str) -> String {
@@ -73,21 +78,18 @@ fn format_record(binary: &str, code: u8, text: &str) -> String {
 
 /// What a record says about the run: `Ok(snapshot)` only for a sync that succeeded.
 pub fn judge(record: &str) -> Result<PathBuf> {
-    let line = record.lines().next().unwrap_or("");
-    let mut f = line.splitn(3, '\t');
-    let (binary, code, text) = (f.next(), f.next(), f.next());
-    match (binary, code.and_then(|c| c.parse::<u8>().ok()), text) {
-        (Some("e2e-sync"), Some(0), Some(path)) => Ok(PathBuf::from(path)),
-        (Some(b), Some(0), Some(_)) => Err(fail(
+    match parse_record(record) {
+        Some(("e2e-sync", 0, path)) => Ok(PathBuf::from(path)),
+        Some((b, 0, _)) => Err(fail(
             Code::Runtime,
             format!("the backup did not run: {b} succeeded, but no sync followed it (see systemctl status e2e-sync@JOB)"),
         )),
-        (Some(_), Some(c), Some(text)) => Err(Fail {
+        Some((_, c, text)) => Err(Fail {
             repeated: true,
             ..Fail::new(code_for(c), text)
         }
         .into()),
-        _ => Err(fail(
+        None => Err(fail(
             Code::Runtime,
             "no outcome recorded: a layer of the backup was stopped before it could report (see systemctl status for e2e-mount@JOB, e2e-open@JOB and e2e-sync@JOB)",
         )),

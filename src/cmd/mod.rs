@@ -37,9 +37,7 @@ pub fn main<C: clap::Parser>(name: &str, f: fn(C) -> Result<Option<PathBuf>>) ->
     // with the signal's code; the result is printed first.
     let r = f(cli).and_then(|p| {
         if let Err(e) = crate::exec::check_interrupted_after(p.as_deref()) {
-            if let Some(p) = &p {
-                print_stdout(&format!("{}\n", p.display()));
-            }
+            p.as_deref().map(print_result);
             return Err(e);
         }
         Ok(p)
@@ -59,13 +57,7 @@ pub fn main<C: clap::Parser>(name: &str, f: fn(C) -> Result<Option<PathBuf>>) ->
     outcome::end(name, code, &text);
     match r {
         Ok(Some(p)) => {
-            // In a dry-run stdout is a script: the path becomes a comment.
-            let mark = if crate::exec::dry_run_active() {
-                "# "
-            } else {
-                ""
-            };
-            print_stdout(&format!("{mark}{}\n", p.display()));
+            print_result(&p);
             ExitCode::SUCCESS
         }
         Ok(None) => ExitCode::SUCCESS,
@@ -78,4 +70,15 @@ pub fn main<C: clap::Parser>(name: &str, f: fn(C) -> Result<Option<PathBuf>>) ->
             ExitCode::from(code)
         }
     }
+}
+
+/// The path a command produced, on stdout. In a dry-run stdout is a script: the path becomes a
+/// comment. Also printed before the error of a run whose result stands (see `cmd::sync`).
+pub(crate) fn print_result(p: &std::path::Path) {
+    let mark = if crate::exec::dry_run_active() {
+        "# "
+    } else {
+        ""
+    };
+    print_stdout(&format!("{mark}{}\n", p.display()));
 }

@@ -7,7 +7,7 @@ use crate::exec::{Cmd, Step};
 use crate::filesystem as fsys;
 use crate::manifest;
 use crate::partial;
-use crate::progress::{finish_progress, notify_status, print_stdout, progress_reporter};
+use crate::progress::{finish_progress, notify_status, progress_reporter};
 use crate::snapshots::{self, INFLIGHT, PRUNING};
 use crate::stack::grow::auto_grow;
 use crate::stack::{lock, with_stack, Ctx};
@@ -55,7 +55,7 @@ pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
     })?;
     if unread > 0 {
         // Published, recorded and pruned like any other: the path is the result all the same.
-        print_stdout(&format!("{}\n", dest.display()));
+        super::print_result(&dest);
         return Err(fail(
             Code::Incomplete,
             format!(
