@@ -155,6 +155,15 @@ pub struct SyncCli {
     /// complete, unread, files, bytes, changed_bytes, seconds; see docs/contract.md)
     #[arg(long, requires = "list")]
     pub json: bool,
+    /// Apply [retention] now, without a sync: print every snapshot, oldest first, as
+    /// `keep<TAB>STAMP<TAB>rules` (e.g. "daily 2": the newest of the 2nd most recent day) or
+    /// `remove<TAB>STAMP<TAB>no rule keeps it`, then delete the removed ones. The snapshot `latest`
+    /// names is always kept
+    #[arg(long, conflicts_with_all = ["restore", "list", "verify", "create", "no_prune"])]
+    pub prune: bool,
+    /// With --prune: open read-only, print the verdicts, delete nothing
+    #[arg(long, requires = "prune")]
+    pub preview: bool,
     /// Re-read SNAPSHOT (--verify=STAMP; default `latest`; read-only open) against the checksum
     /// manifest written when it was made; report changed, missing and extra files, exit 1 on any
     /// difference

@@ -184,65 +184,85 @@ impl Spec<'_> {
 /// keep_within D keeps every snapshot made within D before the newest one. A snapshot is kept if
 /// any rule keeps it. A policy of all zeros keeps everything.
 pub fn select_keep(stamps: &[(String, i64)], p: &Retention) -> BTreeSet<String> {
-    let all = p.keep_last == 0
-        && p.keep_hourly == 0
-        && p.keep_daily == 0
-        && p.keep_weekly == 0
-        && p.keep_monthly == 0
-        && p.keep_yearly == 0
-        && p.keep_within == 0;
-    if all {
-        return stamps.iter().map(|s| s.0.clone()).collect();
-    }
+    decide(stamps, p)
+        .into_iter()
+        .filter(|d| !d.rules.is_empty())
+        .map(|d| d.stamp)
+        .collect()
+}
+
+/// One snapshot's retention verdict: the rules that keep it (empty: it goes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub stamp: String,
+    /// e.g. "last 1", "daily 3" (the newest of the 3rd most recent day), "within 7d";
+    /// "no retention set" when the policy keeps everything.
+    pub rules: Vec<String>,
+}
+
+/// [`select_keep`] with its reasons, newest first: what `e2e-sync --prune` shows.
+pub fn decide(stamps: &[(String, i64)], p: &Retention) -> Vec<Verdict> {
     let mut newest_first: Vec<&(String, i64)> = stamps.iter().collect();
     newest_first.sort_by_key(|s| std::cmp::Reverse(s.1));
-    let mut keep = BTreeSet::new();
-    for s in newest_first.iter().take(p.keep_last as usize) {
-        keep.insert(s.0.clone());
+    let mut out: Vec<Verdict> = newest_first
+        .iter()
+        .map(|s| Verdict {
+            stamp: s.0.clone(),
+            rules: Vec::new(),
+        })
+        .collect();
+    if *p == Retention::default() {
+        for v in &mut out {
+            v.rules.push("no retention set".into());
+        }
+        return out;
+    }
+    for (i, v) in out.iter_mut().enumerate().take(p.keep_last as usize) {
+        v.rules.push(format!("last {}", i + 1));
     }
     // keep_within counts back from the newest snapshot, not from the clock (as restic does): a
     // host that has not backed up for a month still keeps that month's last week.
-    if let (true, Some(newest)) = (p.keep_within > 0, newest_first.first()) {
-        for s in newest_first
-            .iter()
-            .filter(|s| s.1 >= newest.1 - p.keep_within)
-        {
-            keep.insert(s.0.clone());
+    if let (true, Some(newest)) = (p.keep_within > 0, newest_first.first().map(|s| s.1)) {
+        let d = crate::timefmt::format_within(p.keep_within);
+        for (v, s) in out.iter_mut().zip(&newest_first) {
+            if s.1 >= newest - p.keep_within {
+                v.rules.push(format!("within {d}"));
+            }
         }
     }
     type Bucket = fn(i64) -> (i64, u32, u32, u32);
-    let rules: [(u32, Bucket); 5] = [
-        (p.keep_hourly, |t| {
+    let rules: [(&str, u32, Bucket); 5] = [
+        ("hourly", p.keep_hourly, |t| {
             let (y, m, d, h) = civil(t);
             (y, m, d, h)
         }),
-        (p.keep_daily, |t| {
+        ("daily", p.keep_daily, |t| {
             let (y, m, d, ..) = civil(t);
             (y, m, d, 0)
         }),
-        (p.keep_weekly, |t| {
+        ("weekly", p.keep_weekly, |t| {
             let (y, w) = iso_week(t);
             (y, w, 0, 0)
         }),
-        (p.keep_monthly, |t| {
+        ("monthly", p.keep_monthly, |t| {
             let (y, m, ..) = civil(t);
             (y, m, 0, 0)
         }),
-        (p.keep_yearly, |t| (civil(t).0, 0, 0, 0)),
+        ("yearly", p.keep_yearly, |t| (civil(t).0, 0, 0, 0)),
     ];
-    for (n, bucket) in rules {
+    for (name, n, bucket) in rules {
         let mut seen = HashSet::new();
-        for s in &newest_first {
+        for (v, s) in out.iter_mut().zip(&newest_first) {
             if seen.len() >= n as usize {
                 break;
             }
             // The first (newest) snapshot met in a new bucket is that bucket's keeper.
             if seen.insert(bucket(s.1)) {
-                keep.insert(s.0.clone());
+                v.rules.push(format!("{name} {}", seen.len()));
             }
         }
     }
-    keep
+    out
 }
 
 #[cfg(test)]
@@ -368,6 +388,41 @@ mod tests {
     fn retention_none_keeps_all() {
         let s = vec![at(2024, 1, 1, 0), at(2024, 1, 2, 0)];
         assert_eq!(select_keep(&s, &Retention::default()).len(), 2);
+    }
+
+    #[test]
+    fn retention_verdicts_name_their_rules() {
+        // Two a day on March 1-3 (06:00 and 18:00), newest first in the verdicts.
+        let mut s = Vec::new();
+        for d in 1..=3 {
+            s.push(at(2024, 3, d, 6));
+            s.push(at(2024, 3, d, 18));
+        }
+        let p = Retention {
+            keep_last: 1,
+            keep_daily: 2,
+            keep_within: 12 * 3600,
+            ..Retention::default()
+        };
+        let got: Vec<(String, String)> = decide(&s, &p)
+            .into_iter()
+            .map(|v| (v.stamp, v.rules.join(", ")))
+            .collect();
+        let want = [
+            (at(2024, 3, 3, 18).0, "last 1, within 12h, daily 1"),
+            (at(2024, 3, 3, 6).0, "within 12h"),
+            (at(2024, 3, 2, 18).0, "daily 2"),
+            (at(2024, 3, 2, 6).0, ""),
+            (at(2024, 3, 1, 18).0, ""),
+            (at(2024, 3, 1, 6).0, ""),
+        ];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(a, b)| (a.clone(), b.to_string()))
+            .collect();
+        assert_eq!(got, want);
+        let all = decide(&s, &Retention::default());
+        assert!(all.iter().all(|v| v.rules == ["no retention set"]));
     }
 
     #[test]

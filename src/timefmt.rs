@@ -92,6 +92,17 @@ pub fn parse_within(s: &str) -> Result<i64, String> {
     Ok(total)
 }
 
+/// A `keep_within` duration as days and hours ("7d", "545d", "1d12h"): exact, whatever units the
+/// job file used.
+pub fn format_within(secs: i64) -> String {
+    let (d, h) = (secs / 86400, secs % 86400 / 3600);
+    match (d, h) {
+        (0, h) => format!("{h}h"),
+        (d, 0) => format!("{d}d"),
+        (d, h) => format!("{d}d{h}h"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,6 +110,9 @@ mod tests {
     #[test]
     fn within_durations() {
         assert_eq!(parse_within("7d"), Ok(7 * 86400));
+        assert_eq!(format_within(parse_within("1y6m").unwrap()), "545d");
+        assert_eq!(format_within(parse_within("36h").unwrap()), "1d12h");
+        assert_eq!(format_within(parse_within("5h").unwrap()), "5h");
         assert_eq!(parse_within("1y6m"), Ok((365 + 180) * 86400));
         assert_eq!(parse_within("2w36h"), Ok(14 * 86400 + 36 * 3600));
         for bad in [

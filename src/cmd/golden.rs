@@ -112,6 +112,17 @@ impl Fixture {
         self
     }
 
+    /// fs/ holds three snapshots a day apart; `latest` names the newest.
+    fn with_three_snapshots(self) -> Self {
+        let fs = &self.ctx.paths.fs;
+        for d in 28..=30 {
+            std::fs::create_dir_all(fs.join(format!("snapshots/2026-11-{d}T01:00:00Z/home")))
+                .unwrap();
+        }
+        std::os::unix::fs::symlink("snapshots/2026-11-30T01:00:00Z", fs.join("latest")).unwrap();
+        self
+    }
+
     /// The run that opened the stack was killed (its pid is gone); it had mounted the remote.
     fn left_by_killed_run(self) -> Self {
         self.write(&self.ctx.paths.owner, "999999 1\n");
@@ -267,6 +278,26 @@ fn verify_from_nothing() {
     let f = Fixture::new(false);
     super::verify::verify(&f.ctx, &f.job, "latest").unwrap();
     check("verify", &f.script());
+}
+
+#[test]
+fn prune_over_an_open_stack() {
+    let mut f = Fixture::new(false)
+        .remote_mounted()
+        .mapped()
+        .fs_mounted("rw,relatime")
+        .with_three_snapshots();
+    f.job.retention.keep_last = 1;
+    f.job.retention.keep_within = 86400;
+    super::prune::prune(&f.ctx, &f.job, false).unwrap();
+    check("prune", &f.script());
+}
+
+#[test]
+fn prune_preview_from_nothing() {
+    let f = Fixture::new(false);
+    super::prune::prune(&f.ctx, &f.job, true).unwrap();
+    check("prune-preview", &f.script());
 }
 
 /// The same create + sync, checked in the terms of the publish order rather than byte for byte:

@@ -8,6 +8,7 @@ mod grow;
 mod list;
 mod mount;
 mod open;
+mod prune;
 mod restore;
 mod sync;
 mod trim;

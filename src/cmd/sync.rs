@@ -1,4 +1,4 @@
-//! e2e-sync: one snapshot under the publish order (its other modes: list, restore, verify).
+//! e2e-sync: one snapshot under the publish order (its other modes: list, prune, restore, verify).
 
 use crate::cli::SyncCli;
 use crate::config::Job;
@@ -29,6 +29,9 @@ pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
     if cli.list {
         return super::list::list(&ctx, &job, cli.json);
     }
+    if cli.prune {
+        return super::prune::prune(&ctx, &job, cli.preview);
+    }
     if job.sync.paths.is_empty() {
         return Err(fail(
             Code::Config,
@@ -48,7 +51,8 @@ pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
         let dest = published.dest.clone();
         ctx.record_history(&job, &published.stamp, &dest)?;
         if !cli.no_prune && ctx.consistent.get() {
-            prune(&ctx, &job, &published)?;
+            let new = (published.stamp.as_str(), published.now);
+            super::prune::after_sync(&ctx, &job, &published.before, new)?;
         }
         notify_status(&format!("snapshot {} done", dest.display()));
         Ok((dest, published.unread.len()))
@@ -86,7 +90,7 @@ pub(super) struct Published {
 /// 3. rename `<stamp>.inflight` → `<stamp>`, then `latest.tmp` → `latest`;
 /// 4. flush: the snapshot and `latest` are durable;
 /// 5. (caller) record {stamp, manifest hash, LUKS UUID} on the client;
-/// 6. (caller, [`prune`]) only then delete old snapshots, and flush again.
+/// 6. (caller, `prune::after_sync`) only then delete old snapshots, and flush again.
 ///
 /// A cut before 4 leaves the previous `latest` and every older snapshot as they were; a cut after it
 /// leaves a complete new snapshot. Before rsync and before each rename the run checks that `fs/` is
@@ -232,46 +236,4 @@ fn stand_in_unread(
     steps.push(Step::run(Cmd::new("mv").arg("-T").arg(&tmp).arg(&record)));
     ctx.in_container(steps)?;
     Ok(entries)
-}
-
-/// Step 6 of the publish order: delete the snapshots retention no longer keeps, once the new one is
-/// durable and recorded. Each goes by rename to `.prune` first (a cut mid-`rm` leaves a name the next
-/// run recognises and finishes), then one flush for all.
-fn prune(ctx: &Ctx, job: &Job, p: &Published) -> Result<()> {
-    let fs = ctx.paths.fs.as_path();
-    let snaps = fs.join("snapshots");
-    if let Some(newest) = p.before.iter().map(|s| s.1).max() {
-        // A clock behind the newest snapshot makes "days ago" meaningless: keep everything.
-        if timefmt::now() < newest {
-            crate::warning!(
-                "this host's clock ({}) is earlier than the newest snapshot ({}): not pruning until it is right",
-                timefmt::format_stamp(timefmt::now()),
-                timefmt::format_stamp(newest)
-            );
-            return Ok(());
-        }
-    }
-    let mut all = p.before.clone();
-    all.push((p.stamp.clone(), p.now));
-    let keep = snapshots::select_keep(&all, &job.retention);
-    let doomed: Vec<&String> = all
-        .iter()
-        .map(|s| &s.0)
-        .filter(|s| !keep.contains(*s) && **s != p.stamp)
-        .collect();
-    let mut steps = Vec::new();
-    for s in &doomed {
-        let d = snaps.join(format!("{s}{PRUNING}"));
-        steps.push(Step::run(
-            Cmd::new("mv").arg("-T").arg(snaps.join(s)).arg(&d),
-        ));
-        steps.push(Step::run(Cmd::new("rm").arg("-rf").arg(&d)));
-        steps.push(Step::run(Cmd::rm_f(manifest::path(fs, s))));
-        steps.push(Step::run(Cmd::rm_f(partial::record_path(fs, s))));
-    }
-    if !doomed.is_empty() {
-        steps.push(Step::run(fsys::sync_fs(fs)));
-    }
-    ctx.in_container(steps)?;
-    Ok(())
 }
