@@ -23,6 +23,10 @@ pub struct Common {
     /// Also show the output of the commands run
     #[arg(short, long)]
     pub verbose: bool,
+    /// Only warnings and errors on stderr: no logged commands, progress, notes or reports (for
+    /// cron and scripts; stdout and the exit code are unchanged)
+    #[arg(short, long, conflicts_with = "verbose")]
+    pub quiet: bool,
     #[command(flatten)]
     pub overrides: Overrides,
 }
@@ -136,6 +140,7 @@ pub struct OpenCli {
 /// in their place, marked incomplete, and the run exits 8.
 #[derive(Debug, Parser)]
 #[command(name = "e2e-sync", version, after_help = after_help(""))]
+#[command(group = clap::ArgGroup::new("reads").multiple(true).args(["list", "diff", "history"]))]
 pub struct SyncCli {
     #[command(flatten)]
     pub common: Common,
@@ -151,10 +156,23 @@ pub struct SyncCli {
     /// and "incomplete: N source path(s) not read"
     #[arg(long)]
     pub list: bool,
-    /// With --list: print a JSON array instead, one object per snapshot (stamp, time, latest,
-    /// complete, unread, files, bytes, changed_bytes, seconds; see docs/contract.md)
-    #[arg(long, requires = "list")]
+    /// With --list, --diff or --history: print JSON instead (--list: one object per snapshot with
+    /// stamp, time, latest, complete, unread, files, bytes, changed_bytes, seconds; see
+    /// docs/contract.md for all three)
+    #[arg(long, requires = "reads")]
     pub json: bool,
+    /// What changed from snapshot OLD to NEW (each `latest` or a stamp), from their checksum
+    /// manifests, reading no file data: one line per regular file, `+ PATH` added, `- PATH` removed,
+    /// `M PATH` other contents (metadata, symlinks and empty directories are not compared); the
+    /// counts on stderr. Exit 7 if a manifest cannot be read
+    #[arg(long, num_args = 2, value_names = ["OLD", "NEW"], conflicts_with_all = ["restore", "list", "verify", "create", "prune", "history"])]
+    pub diff: Option<Vec<String>>,
+    /// The versions of one file, by its source path (e.g. /home/alice/notes.txt), across the
+    /// snapshots, oldest first: `STAMP<TAB>STATE<TAB>SIZE<TAB>MODIFIED<TAB>SHA256` (first 16 hex
+    /// digits), STATE one of added, same, changed, removed, stale (not readable in that run: the
+    /// previous version), unknown (no readable manifest: exit 7)
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["restore", "list", "verify", "create", "prune"])]
+    pub history: Option<String>,
     /// Apply [retention] now, without a sync: print every snapshot, oldest first, as
     /// `keep<TAB>STAMP<TAB>rules` (e.g. "daily 2": the newest of the 2nd most recent day) or
     /// `remove<TAB>STAMP<TAB>no rule keeps it`, then delete the removed ones. The snapshot `latest`
@@ -289,4 +307,23 @@ mod tests {
         .unwrap();
         assert_eq!(o.common.overrides.sources, ["/a", "/b"]);
     }
+}
+
+/// Set up a new job: from nothing to a job file, writing no file by hand.
+///
+/// Makes the container key (64 random bytes; it is the only way back to the data: keep a copy
+/// offline), an SSH key for the job (ed25519, no passphrase: the timer runs unattended), fetches the
+/// server's host key and pins it only once its fingerprint is confirmed (--fingerprint, or "yes" at
+/// a terminal), writes <config-dir>/<JOB>.toml, and prints what the server's administrator does
+/// (the account, its authorized_keys line, the sshd settings). Existing key files are kept; an
+/// existing job file is refused. It never logs in to the server. Prints the job file's path.
+#[derive(Debug, Parser)]
+#[command(name = "e2e-setup", version, after_help = after_help(""))]
+pub struct SetupCli {
+    #[command(flatten)]
+    pub common: Common,
+    /// The server's host key fingerprint (SHA256:…, from `ssh-keygen -lf
+    /// /etc/ssh/ssh_host_ed25519_key.pub` on the server) to confirm without a prompt
+    #[arg(long, value_name = "SHA256:...")]
+    pub fingerprint: Option<String>,
 }

@@ -119,6 +119,25 @@ pub(crate) fn of(fs: &Path, stamp: &str) -> Result<Manifest> {
     })
 }
 
+/// [`of`] for a whole snapshot: also refused (exit 7) when the manifest is empty but the snapshot
+/// holds files (a manifest cut off before its data reached the server).
+pub(crate) fn of_snapshot(fs: &Path, stamp: &str) -> Result<Manifest> {
+    let m = of(fs, stamp)?;
+    if m.is_empty() && holds_regular_file(&fs.join("snapshots").join(stamp)) {
+        return Err(fail(
+            Code::Unchecked,
+            format!("snapshot {stamp}'s manifest is empty, but the snapshot holds files: it cannot be checked"),
+        ));
+    }
+    Ok(m)
+}
+
+/// A manifest's name (`./data/x`) as the source path it was (`/data/x`), lossy UTF-8.
+pub fn source_path(name: &[u8]) -> String {
+    let n = String::from_utf8_lossy(name);
+    format!("/{}", n.trim_start_matches("./"))
+}
+
 /// Whether the tree at `p` (a file or a directory) holds at least one regular file.
 pub(crate) fn holds_regular_file(p: &Path) -> bool {
     match std::fs::symlink_metadata(p) {

@@ -12,6 +12,24 @@ pub fn print_stdout(text: &str) {
     let _ = o.write_all(text.as_bytes()).and_then(|_| o.flush());
 }
 
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `-q`: stderr gets only warnings and errors (no logged commands, progress, notes or reports).
+pub fn set_quiet(q: bool) {
+    QUIET.store(q, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn quiet() -> bool {
+    QUIET.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// An informational line on stderr (a report such as "verified …"); none with `-q`.
+pub fn info(line: &str) {
+    if !quiet() {
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
+    }
+}
+
 /// The syslog priority of a line on stderr.
 #[derive(Clone, Copy)]
 pub enum Level {
@@ -24,6 +42,9 @@ pub enum Level {
 /// names, it starts with `<N>`: journald takes that as the line's priority and strips it, so
 /// `journalctl -p warning` shows errors and warnings (the `+ cmd` lines stay at info).
 pub fn stderr_line(level: Level, line: &str) {
+    if quiet() && matches!(level, Level::Notice) {
+        return;
+    }
     let line = if to_journal() {
         format!("<{}>{line}", level as u8)
     } else {
@@ -63,7 +84,7 @@ macro_rules! notice {
 
 /// Progress to a TTY (stderr) and to systemd (`STATUS=`) when `NOTIFY_SOCKET` is set.
 pub(crate) fn progress_reporter() -> impl FnMut(&str) {
-    let tty = std::io::stderr().is_terminal();
+    let tty = std::io::stderr().is_terminal() && !quiet();
     let notify = std::env::var_os("NOTIFY_SOCKET").is_some();
     let mut last = Instant::now() - Duration::from_secs(10);
     move |line: &str| {
@@ -87,7 +108,7 @@ pub(crate) fn notify_status(status: &str) {
 }
 
 pub(crate) fn finish_progress() {
-    if std::io::stderr().is_terminal() {
+    if std::io::stderr().is_terminal() && !quiet() {
         eprintln!();
     }
 }

@@ -57,6 +57,10 @@ pub fn rsync_backup(sync: &Sync, fs: &Path, stamp: &str, link_dest: Option<&str>
             // Runs of zeros become holes: a sparse source (a VM image, a 5 GiB file that is
             // mostly holes) stays sparse in the container, which is sparse on the server too.
             "--sparse",
+            // The quick check compares mtimes to the nanosecond: by default rsync compares whole
+            // seconds, so a file rewritten at the same size within the second the previous run
+            // saw it was taken as unchanged and hard-linked, old contents and all.
+            "--modify-window=-1",
         ])
         .args(["--info=progress2", "--stats"])
         // No data between rsync's processes for 10 min (a source or destination that hangs):
@@ -123,6 +127,7 @@ pub fn rsync_restore(src: &Path, target: &str) -> Cmd {
             "--numeric-ids",
             "--mkpath",
             "--sparse",
+            "--modify-window=-1",
             "--info=progress2",
         ])
         .arg(src)
@@ -159,6 +164,27 @@ pub fn parse_spec<'a>(fs: &Path, spec: &'a str) -> Result<Spec<'a>, Fail> {
         ));
     }
     Ok(Spec { stamp, rest })
+}
+
+/// A whole snapshot (`latest` or a stamp, no PATH) that exists, for `--verify`, `--diff`: its stamp.
+/// `flag` names the option in the error.
+pub fn whole(fs: &Path, spec: &str, flag: &str) -> Result<String, Fail> {
+    let stamp = match parse_spec(fs, spec.trim_end_matches('/'))? {
+        Spec { stamp, rest: "" } => stamp,
+        _ => {
+            return Err(Fail::new(
+                Code::Config,
+                format!("{spec:?} is not a snapshot: {flag} takes `latest` or a stamp, no path (see e2e-sync --list)"),
+            ))
+        }
+    };
+    if !fs.join("snapshots").join(&stamp).is_dir() {
+        return Err(Fail::new(
+            Code::Config,
+            format!("{stamp}: no such snapshot (see e2e-sync --list)"),
+        ));
+    }
+    Ok(stamp)
 }
 
 /// Resolve `SNAPSHOT[/PATH]` to a path under `fs/snapshots`. A bare SNAPSHOT restores its contents
@@ -296,6 +322,7 @@ mod tests {
                 "--delete-excluded",
                 "--relative",
                 "--sparse",
+                "--modify-window=-1",
                 "--info=progress2",
                 "--stats",
                 "--timeout=600",
@@ -323,6 +350,7 @@ mod tests {
                 "--numeric-ids",
                 "--mkpath",
                 "--sparse",
+                "--modify-window=-1",
                 "--info=progress2",
                 "/f/snapshots/S/home",
                 "/tmp/r"

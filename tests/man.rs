@@ -5,7 +5,7 @@
 use clap::CommandFactory;
 use clap_complete::Shell;
 use e2e_backup::cli::{
-    CloseCli, GrowCli, MountCli, OpenCli, SyncCli, TrimCli, ENVIRONMENT, TRIM_NOTES,
+    CloseCli, GrowCli, MountCli, OpenCli, SetupCli, SyncCli, TrimCli, ENVIRONMENT, TRIM_NOTES,
 };
 use e2e_backup::error::exit_status;
 use std::path::{Path, PathBuf};
@@ -18,6 +18,7 @@ fn commands() -> Vec<clap::Command> {
         GrowCli::command(),
         TrimCli::command(),
         CloseCli::command(),
+        SetupCli::command(),
     ]
 }
 
@@ -117,10 +118,148 @@ fn completions_are_current() {
         ] {
             let mut buf = Vec::new();
             clap_complete::generate(shell, &mut cmd, &name, &mut buf);
-            check(&rel, &buf, &mut stale);
+            let text = String::from_utf8(buf).unwrap();
+            let text = with_job_names(shell, &cmd, &text);
+            check(&rel, text.as_bytes(), &mut stale);
         }
     }
     report(stale);
+}
+
+/// What lists the job names: the `*.toml` files in $E2E_BACKUP_CONFIG_DIR or /etc/e2e-backup.
+const BASH_JOBS: &str = r#"
+# JOB: the job files in $E2E_BACKUP_CONFIG_DIR (default /etc/e2e-backup), offered for a word that
+# is not an option or an option's value (added to clap's generated completion, tests/man.rs).
+_e2e_backup_jobs() {
+    local f
+    for f in "${E2E_BACKUP_CONFIG_DIR:-/etc/e2e-backup}"/*.toml; do
+        [[ -e $f ]] || continue
+        f=${f##*/}
+        printf '%s\n' "${f%.toml}"
+    done
+}
+FN_jobs() {
+    FN "$@"
+    local rc=$? cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD-1]}
+    [[ $cur == -* ]] && return $rc
+    case "$prev" in
+        VALUED) return $rc ;;
+    esac
+    COMPREPLY=($(compgen -W "$(_e2e_backup_jobs)" -- "$cur"))
+    return 0
+}
+"#;
+
+const ZSH_JOBS: &str = r#"(( $+functions[_e2e_backup_jobs] )) ||
+_e2e_backup_jobs() {
+    local -a jobs
+    jobs=(${E2E_BACKUP_CONFIG_DIR:-/etc/e2e-backup}/*.toml(N:t:r))
+    _describe -t jobs 'job' jobs
+}
+
+"#;
+
+const FISH_JOBS: &str = r#"function __e2e_backup_jobs
+    set -l d /etc/e2e-backup
+    set -q E2E_BACKUP_CONFIG_DIR; and set d $E2E_BACKUP_CONFIG_DIR
+    for f in $d/*.toml
+        basename $f .toml
+    end
+end
+complete -c NAME -n 'not string match -q -- "-*" (commandline -ct)' -a '(__e2e_backup_jobs)' -d job
+"#;
+
+/// clap's completion, plus the job names for the JOB argument (clap cannot know them).
+fn with_job_names(shell: Shell, cmd: &clap::Command, text: &str) -> String {
+    let name = cmd.get_name();
+    match shell {
+        Shell::Bash => {
+            let f = text
+                .split("complete -F ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .expect("bash completion registers a function");
+            let valued: Vec<String> = cmd
+                .get_arguments()
+                .filter(|a| a.get_action().takes_values() && !a.is_positional())
+                .flat_map(|a| {
+                    let mut v: Vec<String> =
+                        a.get_long().map(|l| format!("--{l}")).into_iter().collect();
+                    v.extend(a.get_short().map(|c| format!("-{c}")));
+                    v
+                })
+                .collect();
+            let helper = BASH_JOBS
+                .replace("FN", f)
+                .replace("VALUED", &valued.join("|"));
+            let at = text
+                .find("\nif [[ \"${BASH_VERSINFO[0]}\"")
+                .expect("bash registration");
+            format!("{}{helper}{}", &text[..at + 1], &text[at + 1..]).replace(
+                &format!("complete -F {f} "),
+                &format!("complete -F {f}_jobs "),
+            )
+        }
+        Shell::Zsh => {
+            let at = text
+                .find("\nif [ \"$funcstack[1]\"")
+                .expect("zsh registration");
+            let t = format!("{}{ZSH_JOBS}{}", &text[..at + 1], &text[at + 1..]);
+            let job = "':job -- Job name";
+            let i = t.find(job).expect("zsh JOB argument");
+            let end = i + t[i..].find(":_default'").expect("zsh JOB action");
+            format!(
+                "{}:_e2e_backup_jobs'{}",
+                &t[..end],
+                &t[end + ":_default'".len()..]
+            )
+        }
+        Shell::Fish => format!("{text}{}", FISH_JOBS.replace("NAME", name)),
+        _ => text.to_string(),
+    }
+}
+
+/// The bash completion, run by bash: the job names in the config directory complete JOB, and not
+/// an option's value.
+#[test]
+fn bash_completes_job_names() {
+    let dir = tempfile::tempdir().unwrap();
+    for j in ["home", "hosts", "media"] {
+        std::fs::write(dir.path().join(format!("{j}.toml")), "").unwrap();
+    }
+    std::fs::write(dir.path().join("home.key"), "").unwrap();
+    let script = r#"
+        source "$1"
+        complete_words() { COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); COMPREPLY=()
+            _e2e__sync_jobs e2e-sync "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"
+            printf '%s\n' "${COMPREPLY[@]}" | sort | paste -sd' '; }
+        complete_words e2e-sync h
+        complete_words e2e-sync --dry-run ""
+        complete_words e2e-sync --config ho
+        complete_words e2e-sync --dry-r
+    "#;
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .arg("bash")
+        .arg(root().join("completions/bash/e2e-sync"))
+        .env("E2E_BACKUP_CONFIG_DIR", dir.path())
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let got = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = got.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "home hosts",
+            "home hosts media",
+            "home.key home.toml hosts.toml",
+            "--dry-run"
+        ],
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Every page the Makefile installs exists (hand-written 5 and 7 included) and says its own name.

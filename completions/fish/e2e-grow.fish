@@ -15,5 +15,14 @@ complete -c e2e-grow -l to -d 'New total size, e.g. 128G' -r
 complete -c e2e-grow -l by -d 'Grow by this much, e.g. 16G or 25%' -r
 complete -c e2e-grow -l dry-run -d 'Print the commands that would run, shell-quoted, one per line, as a script; run none'
 complete -c e2e-grow -s v -l verbose -d 'Also show the output of the commands run'
+complete -c e2e-grow -s q -l quiet -d 'Only warnings and errors on stderr: no logged commands, progress, notes or reports (for cron and scripts; stdout and the exit code are unchanged)'
 complete -c e2e-grow -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c e2e-grow -s V -l version -d 'Print version'
+function __e2e_backup_jobs
+    set -l d /etc/e2e-backup
+    set -q E2E_BACKUP_CONFIG_DIR; and set d $E2E_BACKUP_CONFIG_DIR
+    for f in $d/*.toml
+        basename $f .toml
+    end
+end
+complete -c e2e-grow -n 'not string match -q -- "-*" (commandline -ct)' -a '(__e2e_backup_jobs)' -d job

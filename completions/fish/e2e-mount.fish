@@ -13,6 +13,15 @@ complete -c e2e-mount -l source -d 'Source path to back up, repeatable (sync.pat
 complete -c e2e-mount -l exclude -d 'rsync exclude pattern, repeatable (sync.exclude)' -r
 complete -c e2e-mount -l dry-run -d 'Print the commands that would run, shell-quoted, one per line, as a script; run none'
 complete -c e2e-mount -s v -l verbose -d 'Also show the output of the commands run'
+complete -c e2e-mount -s q -l quiet -d 'Only warnings and errors on stderr: no logged commands, progress, notes or reports (for cron and scripts; stdout and the exit code are unchanged)'
 complete -c e2e-mount -l foreground -d 'Stay in the foreground (for systemd Type=notify): READY=1 once mounted, unmount on SIGTERM'
 complete -c e2e-mount -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c e2e-mount -s V -l version -d 'Print version'
+function __e2e_backup_jobs
+    set -l d /etc/e2e-backup
+    set -q E2E_BACKUP_CONFIG_DIR; and set d $E2E_BACKUP_CONFIG_DIR
+    for f in $d/*.toml
+        basename $f .toml
+    end
+end
+complete -c e2e-mount -n 'not string match -q -- "-*" (commandline -ct)' -a '(__e2e_backup_jobs)' -d job

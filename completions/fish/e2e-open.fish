@@ -13,7 +13,16 @@ complete -c e2e-open -l source -d 'Source path to back up, repeatable (sync.path
 complete -c e2e-open -l exclude -d 'rsync exclude pattern, repeatable (sync.exclude)' -r
 complete -c e2e-open -l dry-run -d 'Print the commands that would run, shell-quoted, one per line, as a script; run none'
 complete -c e2e-open -s v -l verbose -d 'Also show the output of the commands run'
+complete -c e2e-open -s q -l quiet -d 'Only warnings and errors on stderr: no logged commands, progress, notes or reports (for cron and scripts; stdout and the exit code are unchanged)'
 complete -c e2e-open -l create -d 'Create the container if the file does not exist yet'
 complete -c e2e-open -l read-only -d 'Open and mount read-only (for restores)'
 complete -c e2e-open -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c e2e-open -s V -l version -d 'Print version'
+function __e2e_backup_jobs
+    set -l d /etc/e2e-backup
+    set -q E2E_BACKUP_CONFIG_DIR; and set d $E2E_BACKUP_CONFIG_DIR
+    for f in $d/*.toml
+        basename $f .toml
+    end
+end
+complete -c e2e-open -n 'not string match -q -- "-*" (commandline -ct)' -a '(__e2e_backup_jobs)' -d job

@@ -39,7 +39,7 @@ rustPlatform.buildRustPackage {
   # target/<triple>/release, so copy them from the output cargo's install hook made.
   postInstall = ''
     mkdir -p target/release
-    for b in e2e-mount e2e-open e2e-sync e2e-grow e2e-trim e2e-close; do
+    for b in e2e-mount e2e-open e2e-sync e2e-grow e2e-trim e2e-close e2e-setup; do
       cp $out/bin/$b target/release/$b
     done
     make install-units install-man install-completions PREFIX=$out BINDIR=$out/bin \

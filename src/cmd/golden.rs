@@ -35,6 +35,7 @@ impl Fixture {
             config_dir: Some(dir.path().to_path_buf()),
             dry_run: true,
             verbose: false,
+            quiet: false,
             overrides: Overrides {
                 host: Some("backup.example.org".into()),
                 user: Some("alice".into()),
@@ -298,6 +299,25 @@ fn prune_preview_from_nothing() {
     let f = Fixture::new(false);
     super::prune::prune(&f.ctx, &f.job, true).unwrap();
     check("prune-preview", &f.script());
+}
+
+/// e2e-setup's dry run: the host key is not fetched (it needs the network), so the script shows
+/// the scan, then the files it would write, the job file's text whole, and the server's lines.
+#[test]
+fn setup_from_nothing() {
+    let f = Fixture::new(false);
+    let mut common = f.ctx.common.clone();
+    common.config_dir = Some(f.dir.path().join("etc"));
+    common.overrides.key_file = None;
+    common.overrides.identity_file = None;
+    common.overrides.known_hosts = None;
+    let cli = crate::cli::SetupCli {
+        common,
+        fingerprint: None,
+    };
+    let p = super::setup::setup_with(&f.ctx.run, &cli).unwrap().unwrap();
+    assert_eq!(p, f.dir.path().join("etc/golden.toml"));
+    check("setup", &f.script());
 }
 
 /// The same create + sync, checked in the terms of the publish order rather than byte for byte:

@@ -2,14 +2,17 @@
 //! Every command returns the path to print on success.
 
 mod close;
+mod diff;
 #[cfg(test)]
 mod golden;
 mod grow;
+mod history;
 mod list;
 mod mount;
 mod open;
 mod prune;
 mod restore;
+mod setup;
 mod sync;
 mod trim;
 mod verify;
@@ -18,6 +21,7 @@ pub use close::close;
 pub use grow::grow;
 pub use mount::mount;
 pub use open::open;
+pub use setup::setup;
 pub use sync::sync;
 pub use trim::trim;
 

@@ -113,7 +113,9 @@ pub(crate) fn check_restored(
         want = manifest::Manifest::from([([b"./".as_slice(), &name].concat(), sum)]);
     }
     if want.is_empty() {
-        eprintln!("snapshot {stamp}: the restored part holds no regular file; nothing to check");
+        crate::progress::info(&format!(
+            "snapshot {stamp}: the restored part holds no regular file; nothing to check"
+        ));
         return Ok(());
     }
     let (list, out) = (
@@ -137,10 +139,10 @@ pub(crate) fn check_restored(
         );
     }
     if bad.is_empty() {
-        eprintln!(
+        crate::progress::info(&format!(
             "checked {} restored files against the manifest of {stamp}",
             want.len()
-        );
+        ));
         return Ok(());
     }
     Err(fail(

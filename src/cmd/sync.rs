@@ -1,4 +1,4 @@
-//! e2e-sync: one snapshot under the publish order (its other modes: list, prune, restore, verify).
+//! e2e-sync: one snapshot under the publish order (its other modes: list, diff, history, prune, restore, verify).
 
 use crate::cli::SyncCli;
 use crate::config::Job;
@@ -28,6 +28,12 @@ pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
     }
     if cli.list {
         return super::list::list(&ctx, &job, cli.json);
+    }
+    if let Some(d) = &cli.diff {
+        return super::diff::diff(&ctx, &job, &d[0], &d[1], cli.json);
+    }
+    if let Some(path) = &cli.history {
+        return super::history::history(&ctx, &job, path, cli.json);
     }
     if cli.prune {
         return super::prune::prune(&ctx, &job, cli.preview);

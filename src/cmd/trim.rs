@@ -118,10 +118,10 @@ pub fn trim(cli: TrimCli) -> Result<Option<PathBuf>> {
     let out = run.run(&fsys::fstrim(&p.fs))?;
     let claimed = fsys::parse_fstrim(&out.stdout);
     if let Some(c) = claimed {
-        eprintln!(
+        crate::progress::info(&format!(
             "fstrim reported {c} bytes ({}) trimmed (not trusted; judged by the server)",
             human(c)
-        );
+        ));
     }
     drop(undo); // tear down in reverse: umount, close, nbd-client -d, tunnel exit
     let after = match before {
@@ -129,11 +129,11 @@ pub fn trim(cli: TrimCli) -> Result<Option<PathBuf>> {
         None => None,
     };
     if let (Some(b), Some(a)) = (before, after) {
-        eprintln!(
+        crate::progress::info(&format!(
             "server allocated bytes: before {b} ({}), after {a} ({})",
             human(b),
             human(a)
-        );
+        ));
         if a >= b && claimed.unwrap_or(0) > 0 {
             return Err(fail(
                 Code::Runtime,

@@ -2,7 +2,7 @@
 
 use crate::config::Job;
 use crate::error::{fail, Code};
-use crate::manifest::{self, holds_regular_file};
+use crate::manifest;
 use crate::snapshots;
 use crate::stack::{with_stack, Ctx};
 use anyhow::{Context, Result};
@@ -18,30 +18,12 @@ pub(crate) fn verify(ctx: &Ctx, job: &Job, spec: &str) -> Result<Option<PathBuf>
                 .note("the container is not open yet: the snapshot and its manifest are not shown");
             return Ok(None);
         }
-        let stamp = match snapshots::parse_spec(fs, spec.trim_end_matches('/'))? {
-            snapshots::Spec { stamp, rest: "" } => stamp,
-            _ => {
-                return Err(fail(
-                    Code::Config,
-                    format!("{spec:?} is not a snapshot: --verify takes `latest` or a stamp, no path (see e2e-sync --list)"),
-                ))
-            }
-        };
+        let stamp = snapshots::whole(fs, spec, "--verify")?;
         let dir = fs.join("snapshots").join(&stamp);
-        if !ctx.run.is_dry() && !dir.is_dir() {
-            return Err(fail(Code::Config, format!("{stamp}: no such snapshot")));
-        }
         let want = if ctx.run.is_dry() {
             None
         } else {
-            let m = manifest::of(fs, &stamp)?;
-            if m.is_empty() && holds_regular_file(&dir) {
-                return Err(fail(
-                    Code::Unchecked,
-                    format!("snapshot {stamp}'s manifest is empty, but the snapshot holds files: it cannot be checked"),
-                ));
-            }
-            Some(m)
+            Some(manifest::of_snapshot(fs, &stamp)?)
         };
         let now = ctx.paths.dir.join("verify.sha256");
         // 123: sha256sum could not read some file: reported below, not a crash of the check.
@@ -82,7 +64,10 @@ pub(crate) fn verify(ctx: &Ctx, job: &Job, spec: &str) -> Result<Option<PathBuf>
             );
         }
         if d.is_empty() && unreadable.is_empty() {
-            eprintln!("verified {stamp}: {} files match its manifest", want.len());
+            crate::progress::info(&format!(
+                "verified {stamp}: {} files match its manifest",
+                want.len()
+            ));
             return Ok(Some(dir));
         }
         Err(fail(

@@ -149,6 +149,12 @@ pub fn load(
     resolve(job, raw, ov, &origin)
 }
 
+/// A job from the flags alone, as if its job file were empty (what e2e-setup is about to write).
+pub fn from_flags(job: &str, ov: &Overrides) -> Result<Job> {
+    validate_job(job)?;
+    resolve(job, RawFile::default(), ov, "command line")
+}
+
 fn resolve(job: &str, raw: RawFile, ov: &Overrides, origin: &str) -> Result<Job> {
     let bad = |key: &str, why: String| fail(Code::Config, format!("{origin}: {key}: {why}"));
     let need = |v: Option<String>, key: &str| -> Result<String> {

@@ -172,7 +172,9 @@ impl Runner {
     }
 
     fn log(&self, cmd: &Cmd) {
-        eprintln!("+ {}", cmd.render());
+        if !crate::progress::quiet() {
+            eprintln!("+ {}", cmd.render());
+        }
     }
 
     /// Run to completion, capturing stdout/stderr. In dry-run mode print the line and pretend success.

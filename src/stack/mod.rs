@@ -45,6 +45,7 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn new(common: &Common) -> Result<Self> {
+        crate::progress::set_quiet(common.quiet);
         Self::with_runner(common, Runner::new(common.dry_run, common.verbose))
     }
 

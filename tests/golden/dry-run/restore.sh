@@ -7,7 +7,7 @@ cryptsetup open --key-file $KEYDIR/k --readonly "$loop" e2e-golden
 dumpe2fs -h /dev/mapper/e2e-golden
 # a real run mounts through a local copy-on-write overlay if the journal needs recovery
 mount -t ext4 -o ro,nosuid,nodev,noinit_itable /dev/mapper/e2e-golden /run/e2e-backup/golden/fs
-rsync -aHAX --numeric-ids --mkpath --sparse --info=progress2 /run/e2e-backup/golden/fs/latest/home/ /srv/restore || case $? in 24) ;; *) false ;; esac
+rsync -aHAX --numeric-ids --mkpath --sparse --modify-window=-1 --info=progress2 /run/e2e-backup/golden/fs/latest/home/ /srv/restore || case $? in 24) ;; *) false ;; esac
 # a real run then hashes the restored files and compares them with the snapshot's manifest
 umount /run/e2e-backup/golden/fs
 cryptsetup close e2e-golden
