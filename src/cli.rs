@@ -140,7 +140,6 @@ pub struct OpenCli {
 /// in their place, marked incomplete, and the run exits 8.
 #[derive(Debug, Parser)]
 #[command(name = "e2e-sync", version, after_help = after_help(""))]
-#[command(group = clap::ArgGroup::new("reads").multiple(true).args(["list", "diff", "history"]))]
 pub struct SyncCli {
     #[command(flatten)]
     pub common: Common,
@@ -156,10 +155,10 @@ pub struct SyncCli {
     /// and "incomplete: N source path(s) not read"
     #[arg(long)]
     pub list: bool,
-    /// With --list, --diff or --history: print JSON instead (--list: one object per snapshot with
-    /// stamp, time, latest, complete, unread, files, bytes, changed_bytes, seconds; see
-    /// docs/contract.md for all three)
-    #[arg(long, requires = "reads")]
+    /// Print the result as JSON on stdout instead of a path or lines: a sync's summary (snapshot,
+    /// stamp, complete, unread, files, bytes, changed_bytes, seconds), --verify's and --restore's
+    /// findings, --list, --diff and --history (every schema in docs/contract.md)
+    #[arg(long, conflicts_with = "prune")]
     pub json: bool,
     /// What changed from snapshot OLD to NEW (each `latest` or a stamp), from their checksum
     /// manifests, reading no file data: one line per regular file, `+ PATH` added, `- PATH` removed,

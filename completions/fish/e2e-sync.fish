@@ -20,7 +20,7 @@ complete -c e2e-sync -s v -l verbose -d 'Also show the output of the commands ru
 complete -c e2e-sync -s q -l quiet -d 'Only warnings and errors on stderr: no logged commands, progress, notes or reports (for cron and scripts; stdout and the exit code are unchanged)'
 complete -c e2e-sync -l unchecked -d 'With --restore: restore even when the snapshot\'s manifest is missing, damaged or lists none of the files (otherwise refused with exit 7 before anything is copied); the restore is unchecked'
 complete -c e2e-sync -l list -d 'List the snapshots, oldest first, one stamp per line; an incomplete one is followed by a tab and "incomplete: N source path(s) not read"'
-complete -c e2e-sync -l json -d 'With --list, --diff or --history: print JSON instead (--list: one object per snapshot with stamp, time, latest, complete, unread, files, bytes, changed_bytes, seconds; see docs/contract.md for all three)'
+complete -c e2e-sync -l json -d 'Print the result as JSON on stdout instead of a path or lines: a sync\'s summary (snapshot, stamp, complete, unread, files, bytes, changed_bytes, seconds), --verify\'s and --restore\'s findings, --list, --diff and --history (every schema in docs/contract.md)'
 complete -c e2e-sync -l prune -d 'Apply [retention] now, without a sync: print every snapshot, oldest first, as `keep<TAB>STAMP<TAB>rules` (e.g. "daily 2": the newest of the 2nd most recent day) or `remove<TAB>STAMP<TAB>no rule keeps it`, then delete the removed ones. The snapshot `latest` names is always kept'
 complete -c e2e-sync -l preview -d 'With --prune: open read-only, print the verdicts, delete nothing'
 complete -c e2e-sync -l create -d 'Create the container first if it does not exist (as e2e-open --create)'

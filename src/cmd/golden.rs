@@ -259,7 +259,7 @@ fn sync_refuses_a_read_only_mount() {
 #[test]
 fn restore_from_nothing() {
     let f = Fixture::new(false);
-    super::restore::restore(&f.ctx, &f.job, "latest/home/", "/srv/restore", false).unwrap();
+    super::restore::restore(&f.ctx, &f.job, "latest/home/", "/srv/restore", false, false).unwrap();
     check("restore", &f.script());
 }
 
@@ -270,14 +270,14 @@ fn restore_from_a_read_only_open() {
         .mapped()
         .fs_mounted("ro,relatime")
         .with_a_snapshot();
-    super::restore::restore(&f.ctx, &f.job, "latest/home/", "/srv/restore", false).unwrap();
+    super::restore::restore(&f.ctx, &f.job, "latest/home/", "/srv/restore", false, false).unwrap();
     check("restore-open-read-only", &f.script());
 }
 
 #[test]
 fn verify_from_nothing() {
     let f = Fixture::new(false);
-    super::verify::verify(&f.ctx, &f.job, "latest").unwrap();
+    super::verify::verify(&f.ctx, &f.job, "latest", false).unwrap();
     check("verify", &f.script());
 }
 

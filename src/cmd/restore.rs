@@ -3,7 +3,7 @@
 use crate::config::Job;
 use crate::error::{fail, Code};
 use crate::manifest::{self, hash_listed, holds_regular_file};
-use crate::progress::{finish_progress, progress_reporter};
+use crate::progress::{finish_progress, print_stdout, progress_reporter};
 use crate::snapshots;
 use crate::stack::{with_stack, Ctx};
 use anyhow::Result;
@@ -15,6 +15,7 @@ pub(crate) fn restore(
     spec: &str,
     target: &str,
     unchecked: bool,
+    json: bool,
 ) -> Result<Option<PathBuf>> {
     with_stack(ctx, job, true, |_| {
         let fs = ctx.paths.fs.as_path();
@@ -82,8 +83,22 @@ pub(crate) fn restore(
         if ctx.run.is_dry() {
             ctx.run.note("a real run then hashes the restored files and compares them with the snapshot's manifest");
         }
-        if let Some((stamp, want)) = want {
-            check_restored(ctx, &stamp, want, target)?;
+        let checked = match want {
+            Some((stamp, want)) => {
+                let n = check_restored(ctx, &stamp, want, target)?;
+                Some((stamp, n))
+            }
+            None => None,
+        };
+        if json && !ctx.run.is_dry() {
+            let r = Restored {
+                target: PathBuf::from(target),
+                stamp: checked.as_ref().map(|c| c.0.clone()),
+                checked: checked.is_some(),
+                files: checked.as_ref().map(|c| c.1),
+            };
+            print_stdout(&format!("{}\n", serde_json::to_string(&r)?));
+            return Ok(None);
         }
         Ok(Some(PathBuf::from(target)))
     })
@@ -98,7 +113,7 @@ pub(crate) fn check_restored(
     stamp: &str,
     mut want: manifest::Manifest,
     target: &str,
-) -> Result<()> {
+) -> Result<usize> {
     let run = &ctx.run;
     let mut dir = PathBuf::from(target);
     // One file restored to a name that is not a directory: rsync wrote it as TARGET itself.
@@ -116,7 +131,7 @@ pub(crate) fn check_restored(
         crate::progress::info(&format!(
             "snapshot {stamp}: the restored part holds no regular file; nothing to check"
         ));
-        return Ok(());
+        return Ok(0);
     }
     let (list, out) = (
         ctx.paths.dir.join("restore.todo"),
@@ -143,7 +158,7 @@ pub(crate) fn check_restored(
             "checked {} restored files against the manifest of {stamp}",
             want.len()
         ));
-        return Ok(());
+        return Ok(want.len());
     }
     Err(fail(
         Code::Runtime,
@@ -153,4 +168,15 @@ pub(crate) fn check_restored(
             want.len()
         ),
     ))
+}
+
+/// `--restore --json` (docs/contract.md); printed only when every restored file matched.
+#[derive(Debug, serde::Serialize)]
+struct Restored {
+    target: PathBuf,
+    /// The snapshot the check read (null: restored --unchecked, or a dry run).
+    stamp: Option<String>,
+    checked: bool,
+    /// Regular files checked against the manifest.
+    files: Option<usize>,
 }

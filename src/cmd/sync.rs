@@ -7,7 +7,7 @@ use crate::exec::{Cmd, Step};
 use crate::filesystem as fsys;
 use crate::manifest;
 use crate::partial;
-use crate::progress::{finish_progress, notify_status, progress_reporter};
+use crate::progress::{finish_progress, notify_status, print_stdout, progress_reporter};
 use crate::snapshots::{self, INFLIGHT, PRUNING};
 use crate::stack::grow::auto_grow;
 use crate::stack::{lock, with_stack, Ctx};
@@ -21,10 +21,10 @@ pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
     let _lock = lock(&ctx)?;
     ctx.accept_rollback.set(cli.accept_rollback);
     if let Some(r) = &cli.restore {
-        return super::restore::restore(&ctx, &job, &r[0], &r[1], cli.unchecked);
+        return super::restore::restore(&ctx, &job, &r[0], &r[1], cli.unchecked, cli.json);
     }
     if let Some(snap) = &cli.verify {
-        return super::verify::verify(&ctx, &job, snap);
+        return super::verify::verify(&ctx, &job, snap, cli.json);
     }
     if cli.list {
         return super::list::list(&ctx, &job, cli.json);
@@ -49,7 +49,7 @@ pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
     }
     let mut job = job;
     job.container.create |= cli.create;
-    let (dest, unread) = with_stack(&ctx, &job, false, |stack| {
+    let (dest, unread, summary) = with_stack(&ctx, &job, false, |stack| {
         if !cli.no_grow {
             auto_grow(&ctx, &job, stack)?;
         }
@@ -61,11 +61,18 @@ pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
             super::prune::after_sync(&ctx, &job, &published.before, new)?;
         }
         notify_status(&format!("snapshot {} done", dest.display()));
-        Ok((dest, published.unread.len()))
+        // (read while the container is open: the figures come from the run's log inside it)
+        let summary = (cli.json && !ctx.run.is_dry()).then(|| Summary::of(&ctx, &published));
+        Ok((dest, published.unread.len(), summary))
     })?;
+    if let Some(s) = &summary {
+        print_stdout(&format!("{}\n", serde_json::to_string(s)?));
+    }
     if unread > 0 {
         // Published, recorded and pruned like any other: the path is the result all the same.
-        super::print_result(&dest);
+        if summary.is_none() {
+            super::print_result(&dest);
+        }
         return Err(fail(
             Code::Incomplete,
             format!(
@@ -75,7 +82,46 @@ pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
             ),
         ));
     }
-    Ok(Some(dest))
+    Ok(summary.is_none().then_some(dest))
+}
+
+/// A sync's result as `e2e-sync --json` prints it (docs/contract.md).
+#[derive(Debug, serde::Serialize)]
+struct Summary {
+    snapshot: PathBuf,
+    stamp: String,
+    complete: bool,
+    /// The source paths not read, why, and what stands in (stale or missing).
+    unread: Vec<UnreadJson>,
+    #[serde(flatten)]
+    run: crate::summary::RunStats,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct UnreadJson {
+    path: String,
+    why: String,
+    stand: &'static str,
+}
+
+impl Summary {
+    fn of(ctx: &Ctx, p: &Published) -> Self {
+        Summary {
+            snapshot: p.dest.clone(),
+            stamp: p.stamp.clone(),
+            complete: p.unread.is_empty(),
+            unread: p
+                .unread
+                .iter()
+                .map(|(u, s)| UnreadJson {
+                    path: u.path.clone(),
+                    why: u.why.clone(),
+                    stand: s.word(),
+                })
+                .collect(),
+            run: crate::summary::of_log(&snapshots::log_path(&ctx.paths.fs, &p.stamp)),
+        }
+    }
 }
 
 /// What [`backup`] published: the new snapshot and the snapshots that were there before it.

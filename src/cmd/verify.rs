@@ -3,6 +3,7 @@
 use crate::config::Job;
 use crate::error::{fail, Code};
 use crate::manifest;
+use crate::progress::print_stdout;
 use crate::snapshots;
 use crate::stack::{with_stack, Ctx};
 use anyhow::{Context, Result};
@@ -10,7 +11,7 @@ use std::path::PathBuf;
 
 /// `e2e-sync --verify SNAPSHOT`: read-only open, re-checksum the snapshot into the client's run
 /// directory (never the server), compare with the manifest written when it was made.
-pub(crate) fn verify(ctx: &Ctx, job: &Job, spec: &str) -> Result<Option<PathBuf>> {
+pub(crate) fn verify(ctx: &Ctx, job: &Job, spec: &str, json: bool) -> Result<Option<PathBuf>> {
     with_stack(ctx, job, true, |_| {
         let fs = ctx.paths.fs.as_path();
         if ctx.run.is_dry() && !ctx.fs_mounted() {
@@ -45,6 +46,22 @@ pub(crate) fn verify(ctx: &Ctx, job: &Job, spec: &str) -> Result<Option<PathBuf>
             .filter(|l| !l.is_empty())
             .collect();
         let d = manifest::compare(&want, &have);
+        if json {
+            let paths = |v: &[Vec<u8>]| -> Vec<String> {
+                v.iter().map(|n| manifest::source_path(n)).collect()
+            };
+            let report = Verified {
+                snapshot: dir.clone(),
+                stamp: stamp.clone(),
+                ok: d.is_empty() && unreadable.is_empty(),
+                files: want.len(),
+                changed: paths(&d.changed),
+                missing: paths(&d.missing),
+                extra: paths(&d.extra),
+                read_errors: unreadable.iter().map(|l| l.to_string()).collect(),
+            };
+            print_stdout(&format!("{}\n", serde_json::to_string(&report)?));
+        }
         for (what, names) in [
             ("changed", &d.changed),
             ("missing", &d.missing),
@@ -68,7 +85,7 @@ pub(crate) fn verify(ctx: &Ctx, job: &Job, spec: &str) -> Result<Option<PathBuf>
                 "verified {stamp}: {} files match its manifest",
                 want.len()
             ));
-            return Ok(Some(dir));
+            return Ok((!json).then_some(dir));
         }
         Err(fail(
             Code::Runtime,
@@ -82,4 +99,18 @@ pub(crate) fn verify(ctx: &Ctx, job: &Job, spec: &str) -> Result<Option<PathBuf>
             ),
         ))
     })
+}
+
+/// `--verify --json` (docs/contract.md): what was found, also when it does not match (exit 1).
+#[derive(Debug, serde::Serialize)]
+struct Verified {
+    snapshot: PathBuf,
+    stamp: String,
+    ok: bool,
+    /// Files its manifest lists.
+    files: usize,
+    changed: Vec<String>,
+    missing: Vec<String>,
+    extra: Vec<String>,
+    read_errors: Vec<String>,
 }
