@@ -17,6 +17,7 @@ let
     writeText = name: text: fakeDrv name // { inherit text; };
     writeShellScript = name: text: fakeDrv name // { inherit text; };
     e2e-backup = fakeDrv "e2e-backup";
+    e2e-backup-next = fakeDrv "e2e-backup-next";
     shadow = fakeDrv "shadow";
     nbd = fakeDrv "nbd";
     qemu-utils = fakeDrv "qemu-utils";
@@ -75,7 +76,8 @@ let
   };
 
   cases = {
-    # Two jobs using most options, and a server with two clients and NBD.
+    # Two jobs using most options (home: startAt and the hooks; db: timerConfig, environment and
+    # its own package), and a server with two clients and NBD.
     two-jobs = {
       services.openssh.enable = true;
       services.e2e-backup.jobs = {
@@ -102,9 +104,13 @@ let
         };
         db = {
           paths = [ "/var/backup/db" ];
-          startAt = "hourly";
-          persistentTimer = false;
-          randomizedDelaySec = "0";
+          excludeFrom = [ "/etc/e2e-backup/db.exclude" ];
+          # What startAt = "hourly", persistentTimer = false and randomizedDelaySec = "0" made,
+          # plus a trigger they cannot express.
+          timerConfig = { OnCalendar = "hourly"; OnBootSec = "10min"; Persistent = false; RandomizedDelaySec = "0"; };
+          environment = { E2E_BACKUP_STALL_TIMEOUT = "300"; E2E_GROW = "--by 10%"; };
+          environmentFile = "/run/secrets/e2e-db.env";
+          package = pkgs.e2e-backup-next;
           prune.keep.last = 24;
           allowPartial = false;
           remote = {
@@ -140,6 +146,11 @@ let
         container.size = "64 GB";
         keyFile = "/etc/k";
         keyCredential.path = "/etc/k.cred";
+        environment = { "NOT-A-NAME" = "x"; E2E_BACKUP_OUTCOME = "/tmp/o"; };
+        # timerConfig with startAt, randomizedDelaySec that would apply to nothing, and no trigger.
+        startAt = "hourly";
+        randomizedDelaySec = "5m";
+        timerConfig = { Persistent = false; };
       };
       services.e2e-backup.server = {
         enable = true;

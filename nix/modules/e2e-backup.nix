@@ -2,8 +2,8 @@
 #
 # Clients use the package's own template units (e2e-mount@, e2e-open@, e2e-sync@, …, see
 # e2e-backup(7)); per job this module writes /etc/e2e-backup/<name>.toml and adds drop-ins to the
-# instances (hooks, key credential, timer schedule). Option names follow services.borgbackup.jobs
-# and services.restic.backups where the meaning is the same.
+# instances (hooks, key credential, environment, timer schedule). Option names follow
+# services.borgbackup.jobs and services.restic.backups where the meaning is the same.
 { config, lib, pkgs, ... }:
 
 let
@@ -21,6 +21,13 @@ let
   isSize = s: builtins.match sizeRe s != null;
   isSizeOrPercent = s: isSize s || builtins.match "[0-9]+(\\.[0-9]+)?%" s != null;
   inStore = p: p != null && lib.hasPrefix builtins.storeDir (toString p);
+  # Variables the units and the module set themselves (units/*.in, the job file's location).
+  reservedEnv = [ "E2E_BACKUP_OUTCOME" "E2E_BACKUP_CONFIG_DIR" ];
+  validEnvName = n: builtins.match "[A-Za-z_][A-Za-z0-9_]*" n != null && !(builtins.elem n reservedEnv);
+  # One Environment= word: quoted (spaces), C escapes for '\', '"' and newlines, "%%" for '%'
+  # (systemd expands specifiers in Environment=), so that the value arrives as written.
+  envWord = k: v: "\"" + lib.replaceStrings [ "\\" "\"" "\n" "%" ] [ "\\\\" "\\\"" "\\n" "%%" ] "${k}=${v}" + "\"";
+  defaultTimer = { startAt = "daily"; persistentTimer = true; randomizedDelaySec = "1h"; };
 
   keepOption = what: mkOption {
     type = types.ints.unsigned;
@@ -41,6 +48,16 @@ let
         example = [ "*.cache" "/home/*/.local/share/Trash" ];
         description = "rsync exclude patterns.";
       };
+      excludeFrom = mkOption {
+        type = types.listOf types.path;
+        default = [ ];
+        example = literalExpression ''[ "/etc/e2e-backup/home.exclude" ./home.exclude ]'';
+        description = ''
+          Files of rsync exclude patterns, one a line (sync.exclude_from, rsync --exclude-from),
+          read at each run. A string is a path on the client; a Nix path literal is copied into
+          the Nix store.
+        '';
+      };
       extraRsyncArgs = mkOption {
         type = types.listOf types.str;
         default = [ ];
@@ -58,23 +75,38 @@ let
       };
       startAt = mkOption {
         type = with types; either str (listOf str);
-        default = "daily";
+        default = defaultTimer.startAt;
         example = "*-*-* 03:00:00";
         description = ''
           When to run the backup (systemd.time(7) calendar events). An empty list installs no
-          timer: run it with `systemctl start e2e-backup@${name}`.
+          timer: run it with `systemctl start e2e-backup@${name}`. See also timerConfig.
         '';
       };
       persistentTimer = mkOption {
         type = types.bool;
-        default = true;
-        description = "Run a backup missed while the machine was off at the next boot (Persistent=).";
+        default = defaultTimer.persistentTimer;
+        description = "Run a backup missed while the machine was off at the next boot (Persistent=; also for the verifyAt and trimAt timers).";
       };
       randomizedDelaySec = mkOption {
         type = types.str;
-        default = "1h";
+        default = defaultTimer.randomizedDelaySec;
         example = "0";
-        description = "Random delay added to each scheduled run (RandomizedDelaySec=).";
+        description = "Random delay added to each scheduled run (RandomizedDelaySec=; also for the verifyAt and trimAt timers).";
+      };
+      timerConfig = mkOption {
+        type = with types; nullOr (attrsOf anything);
+        default = null;
+        example = { OnCalendar = "00:05"; RandomizedDelaySec = "5h"; Persistent = true; };
+        description = ''
+          Free-form [Timer] settings of e2e-backup@${name}.timer (systemd.timer(5)), as
+          `services.restic.backups.<name>.timerConfig`. When set they replace what startAt,
+          persistentTimer and randomizedDelaySec give that timer (leave startAt at its default;
+          persistentTimer and randomizedDelaySec then apply to the verifyAt and trimAt timers
+          only). The package's OnCalendar=daily is dropped first, so only your triggers apply;
+          Persistent= and RandomizedDelaySec= not given here stay the package's (yes, 1h). It
+          needs at least one trigger (OnCalendar=, OnBootSec=, …). null: startAt and the
+          options above make the timer.
+        '';
       };
       verifyAt = mkOption {
         type = with types; either str (listOf str);
@@ -126,6 +158,43 @@ let
         type = types.lines;
         default = "";
         description = "Shell commands run after the sync, also when it failed; $SERVICE_RESULT and $EXIT_STATUS tell how it went.";
+      };
+      environment = mkOption {
+        type = types.attrsOf types.str;
+        default = { };
+        example = { E2E_BACKUP_STALL_TIMEOUT = "300"; E2E_GROW = "--by 10%"; };
+        description = ''
+          Environment variables of every unit of the job that runs an e2e-backup binary:
+          e2e-mount@${name}, e2e-open@, e2e-sync@ (its preHook and postHook too), e2e-grow@,
+          e2e-trim@, e2e-verify@ and e2e-backup@${name}, as Environment= in their drop-ins. The
+          binaries pass them on to rsync, ssh and the other tools they run; ENVIRONMENT in
+          e2e-sync(1) lists the ones they read. E2E_GROW, the arguments e2e-grow@ passes to
+          e2e-grow, replaces that unit's --by=25%. Values are taken literally ('%' is not a systemd
+          specifier here). E2E_BACKUP_OUTCOME and E2E_BACKUP_CONFIG_DIR belong to the units and
+          the module and cannot be set.
+        '';
+      };
+      environmentFile = mkOption {
+        type = types.nullOr types.path;
+        default = null;
+        example = "/run/secrets/e2e-backup-home.env";
+        description = ''
+          A file of KEY=value lines (systemd.exec(5) EnvironmentFile=) read when each of the
+          job's units starts (the same units as environment; its values win over environment's).
+          A path on the client, given as a string so that it stays out of the world-readable Nix
+          store; a missing file fails the unit.
+        '';
+      };
+      package = mkOption {
+        type = types.nullOr types.package;
+        default = null;
+        defaultText = literalExpression "config.services.e2e-backup.package";
+        description = ''
+          The e2e-backup package whose binaries this job's units run (their ExecStart= and
+          ExecStop= lines are replaced), e.g. to try a new version on one job. null:
+          services.e2e-backup.package. The unit templates themselves (ordering, hardening) and
+          the tools on PATH stay those of services.e2e-backup.package.
+        '';
       };
       remote = {
         host = mkOption { type = types.str; description = "Server host name."; };
@@ -241,7 +310,7 @@ let
       inherit (job) paths exclude;
       rsync_args = job.extraRsyncArgs;
       allow_partial = job.allowPartial;
-    };
+    } // optionalAttrs (job.excludeFrom != [ ]) { exclude_from = map (p: "${p}") job.excludeFrom; };
     retention = {
       keep_last = job.prune.keep.last;
       keep_hourly = job.prune.keep.hourly;
@@ -259,6 +328,19 @@ let
     then { LoadCredentialEncrypted = "key:${job.keyCredential.path}"; }
     else { LoadCredential = "key:${job.keyCredential.path}"; });
 
+  # The commands of the package's template units (units/*.in, @BINDIR@/ left out), for a job
+  # whose units run another package's binaries; nix/check compares them with units/*.in.
+  unitCommands = job: {
+    e2e-mount.ExecStart = "e2e-mount --foreground %i";
+    e2e-open = { ExecStart = "e2e-open %i"; ExecStop = "e2e-close --keep-remote %i"; };
+    e2e-sync.ExecStart = "e2e-sync %i";
+    e2e-grow.ExecStart = "e2e-grow $E2E_GROW %i";
+    e2e-trim.ExecStart = "e2e-trim${lib.optionalString (job.remote.nbdPort != 10809)
+      " --nbd-port ${toString job.remote.nbdPort}"} %i";
+    e2e-verify.ExecStart = "e2e-sync --verify=latest %i";
+    e2e-backup.ExecStart = "e2e-close --outcome %i";
+  };
+
   # Drop-ins for the package's template instances; asDropin keeps the template's settings.
   jobServices = name: job:
     let
@@ -267,18 +349,29 @@ let
         # A changed job file applies from the next run; never restart a running backup for it.
         restartIfChanged = false;
       } // extra;
+      pkg = if job.package != null then job.package else cfg.package;
+      # The settings every unit running the job's binaries gets: environment, and the commands
+      # of the job's own package (the empty entry drops the template's command first).
+      runConfig = unit:
+        optionalAttrs (job.environment != { }) {
+          Environment = mapAttrsToList envWord job.environment;
+        } // optionalAttrs (job.environmentFile != null) {
+          EnvironmentFile = toString job.environmentFile;
+        } // lib.mapAttrs (_: cmd: [ "" "${pkg}/bin/${cmd}" ]) (filterAttrs (k: _:
+          job.package != null || (unit == "e2e-trim" && k == "ExecStart" && job.remote.nbdPort != 10809))
+          (unitCommands job).${unit});
       # e2e-sync@ and e2e-trim@ below also get the credential (all five read the key).
       keyUnits = [ "e2e-open" "e2e-grow" "e2e-verify" ];
       inhibit = optionals job.inhibitsSleep [ "e2e-backup-inhibit@${name}.service" ];
     in
     mkMerge [
-      (lib.genAttrs (map (u: "${u}@${name}") keyUnits) (_: dropin {
-        serviceConfig = credentialConfig job;
+      (lib.listToAttrs (map (u: lib.nameValuePair "${u}@${name}" (dropin {
+        serviceConfig = credentialConfig job // runConfig u;
         wants = inhibit;
-      }))
+      })) keyUnits))
       {
         "e2e-sync@${name}" = dropin {
-          serviceConfig = credentialConfig job
+          serviceConfig = credentialConfig job // runConfig "e2e-sync"
             // optionalAttrs (job.preHook != "") {
             ExecStartPre = [ "${pkgs.writeShellScript "e2e-backup-${name}-pre" job.preHook}" ];
           } // optionalAttrs (job.postHook != "") {
@@ -287,26 +380,29 @@ let
           wants = inhibit;
         };
         "e2e-trim@${name}" = dropin {
-          serviceConfig = credentialConfig job // optionalAttrs (job.remote.nbdPort != 10809) {
-            ExecStart = [ "" "${cfg.package}/bin/e2e-trim --nbd-port ${toString job.remote.nbdPort} %i" ];
-          };
+          serviceConfig = credentialConfig job // runConfig "e2e-trim";
           wants = inhibit;
         };
       }
+      # The units that need no drop-in otherwise: only when there is something to put in it.
+      (lib.listToAttrs (lib.concatMap (u: optional (runConfig u != { })
+        (lib.nameValuePair "${u}@${name}" (dropin { serviceConfig = runConfig u; })))
+        [ "e2e-mount" "e2e-backup" ]))
     ];
 
   # The backup, verify and trim timers of a job: drop-ins over the package's templates.
   jobTimer = name: job:
     let
-      timer = calendar: {
+      timer = timerConfig: {
         overrideStrategy = "asDropin";
         wantedBy = [ "timers.target" ];
-        timerConfig = {
-          # The empty entry drops the template's own OnCalendar= (daily, weekly, monthly).
-          OnCalendar = [ "" ] ++ lib.toList calendar;
-          Persistent = job.persistentTimer;
-          RandomizedDelaySec = job.randomizedDelaySec;
-        };
+        inherit timerConfig;
+      };
+      # The empty entry drops the template's own OnCalendar= (daily, weekly, monthly).
+      calendar = c: {
+        OnCalendar = [ "" ] ++ lib.toList c;
+        Persistent = job.persistentTimer;
+        RandomizedDelaySec = job.randomizedDelaySec;
       };
       at = lib.filterAttrs (_: c: lib.toList c != [ ]) {
         "e2e-backup@${name}" = job.startAt;
@@ -314,7 +410,16 @@ let
         "e2e-trim@${name}" = job.trimAt;
       };
     in
-    lib.mapAttrs (_: timer) at;
+    lib.mapAttrs (_: c: timer (calendar c)) at
+    // optionalAttrs (job.timerConfig != null) {
+      "e2e-backup@${name}" = timer (job.timerConfig // {
+        OnCalendar = [ "" ] ++ lib.toList (job.timerConfig.OnCalendar or [ ]);
+      });
+    };
+
+  hasTimer = job: lib.toList job.verifyAt != [ ] || lib.toList job.trimAt != [ ];
+  hasTrigger = tc: lib.any (k: lib.hasPrefix "On" k && lib.filter (v: v != "") (lib.toList tc.${k}) != [ ])
+    (lib.attrNames tc);
 
   jobAssertions = name: job: [
     {
@@ -358,6 +463,23 @@ let
       assertion = job.container.file == null
         || (builtins.match "[^/.\n][^/\n]*" job.container.file != null);
       message = "services.e2e-backup.jobs.${name}.container.file must be a plain file name (no '/', not starting with '.').";
+    }
+    {
+      assertion = builtins.all validEnvName (lib.attrNames job.environment);
+      message = "services.e2e-backup.jobs.${name}.environment: variable names must match [A-Za-z_][A-Za-z0-9_]*, and ${lib.concatStringsSep " and " reservedEnv} are set by the units and the module (got ${builtins.toJSON (lib.attrNames job.environment)}).";
+    }
+    {
+      assertion = job.timerConfig == null || job.startAt == defaultTimer.startAt;
+      message = "services.e2e-backup.jobs.${name}: timerConfig replaces startAt as the schedule of e2e-backup@${name}.timer; put the calendar events in timerConfig.OnCalendar and leave startAt unset, or drop timerConfig.";
+    }
+    {
+      assertion = job.timerConfig == null || hasTimer job
+        || (job.persistentTimer == defaultTimer.persistentTimer && job.randomizedDelaySec == defaultTimer.randomizedDelaySec);
+      message = "services.e2e-backup.jobs.${name}: with timerConfig set, persistentTimer and randomizedDelaySec apply only to the verifyAt and trimAt timers, and this job has neither; set Persistent and RandomizedDelaySec in timerConfig instead.";
+    }
+    {
+      assertion = job.timerConfig == null || hasTrigger job.timerConfig;
+      message = "services.e2e-backup.jobs.${name}.timerConfig has no trigger (OnCalendar, OnBootSec, OnUnitActiveSec, …), so the timer would never start a backup; for no timer at all leave timerConfig null and set startAt = [ ].";
     }
   ];
 
