@@ -108,22 +108,33 @@ impl Kernel {
         found
     }
 
-    /// Whether a device-mapper device of that name exists, and the block devices under it.
-    pub fn dm_slaves(&self, dm_name: &str) -> Option<Vec<String>> {
+    /// The /sys/block directory of the device-mapper device named `dm_name`.
+    fn dm_dir(&self, dm_name: &str) -> Option<PathBuf> {
         self.block_devices().into_iter().find_map(|(_, dir)| {
             let name = std::fs::read_to_string(dir.join("dm/name")).unwrap_or_default();
-            (name.trim() == dm_name).then(|| {
-                let mut s: Vec<String> = std::fs::read_dir(dir.join("slaves"))
-                    .map(|r| {
-                        r.flatten()
-                            .map(|x| x.file_name().to_string_lossy().into_owned())
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                s.sort();
-                s
-            })
+            (name.trim() == dm_name).then_some(dir)
         })
+    }
+
+    /// Whether a device-mapper device of that name exists, and the block devices under it.
+    pub fn dm_slaves(&self, dm_name: &str) -> Option<Vec<String>> {
+        let dir = self.dm_dir(dm_name)?;
+        let mut s: Vec<String> = std::fs::read_dir(dir.join("slaves"))
+            .map(|r| {
+                r.flatten()
+                    .map(|x| x.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        s.sort();
+        Some(s)
+    }
+
+    /// Sectors written to the device-mapper device so far (the 7th field of its `stat`, counted as
+    /// writes complete): it grows while a flush through it makes progress.
+    pub fn dm_sectors_written(&self, dm_name: &str) -> Option<u64> {
+        let stat = std::fs::read_to_string(self.dm_dir(dm_name)?.join("stat")).ok()?;
+        stat.split_whitespace().nth(6)?.parse().ok()
     }
 
     /// The first NBD device with no client connected (a connected one has a pid file).
@@ -285,6 +296,10 @@ mod tests {
         );
         put("sys/block/loop0/loop/backing_file", "/srv/b.luks\n");
         put("sys/block/dm-3/dm/name", "e2e-home\n");
+        put(
+            "sys/block/dm-3/stat",
+            "     120        0     2048       40     3071        0   524288    90210        0     1000    90250\n",
+        );
         put("sys/block/dm-3/slaves/nbd2/x", "");
         put("sys/block/nbd1/pid", "42\n");
         put("sys/block/nbd2/size", "0\n");
@@ -301,6 +316,8 @@ mod tests {
         );
         assert_eq!(k.dm_slaves("e2e-home"), Some(vec!["nbd2".to_string()]));
         assert_eq!(k.dm_slaves("e2e-other"), None);
+        assert_eq!(k.dm_sectors_written("e2e-home"), Some(524288));
+        assert_eq!(k.dm_sectors_written("e2e-other"), None);
         assert_eq!(k.free_nbd_device(), Some(PathBuf::from("/dev/nbd2")));
         let ps = k.processes();
         let ssh = ps.iter().find(|p| p.pid == 8).unwrap();

@@ -233,6 +233,18 @@ impl Runner {
     /// Run with a deadline; `Ok(None)` when it had to be killed (a hung FUSE unmount, say).
     /// Dry-run: prints the line and returns a success.
     pub fn run_timeout(&self, cmd: &Cmd, limit: Duration) -> Result<Option<Output>> {
+        self.run_until_stalled(cmd, limit, limit, &|| None)
+    }
+
+    /// [`Runner::run_timeout`] whose deadline moves `limit` later whenever `progress` answers
+    /// something new (a flush still writing on a slow link is not a hung one), up to `cap` in all.
+    pub fn run_until_stalled(
+        &self,
+        cmd: &Cmd,
+        limit: Duration,
+        cap: Duration,
+        progress: &dyn Fn() -> Option<u64>,
+    ) -> Result<Option<Output>> {
         if self.dry_run {
             self.emit(cmd.script_line());
             return Ok(Some(Output::default()));
@@ -240,10 +252,21 @@ impl Runner {
         let interruptible = self.begin(cmd)?;
         let mut child = cmd.spawn_piped()?;
         let step = Running::start(interruptible, &child);
-        let deadline = Instant::now() + limit;
+        let start = Instant::now();
+        let mut deadline = start + limit;
+        let mut seen = progress();
+        let mut checked = Instant::now();
         let status = loop {
             if let Some(s) = child.try_wait()? {
                 break s;
+            }
+            if checked.elapsed() >= Duration::from_secs(1) {
+                checked = Instant::now();
+                let now = progress();
+                if now.is_some() && now != seen {
+                    seen = now;
+                    deadline = (Instant::now() + limit).min(start + cap);
+                }
             }
             if Instant::now() >= deadline {
                 let _ = child.kill();
@@ -258,7 +281,7 @@ impl Runner {
                     &format!(
                         "{}: no answer after {}s, killed",
                         cmd.program,
-                        limit.as_secs()
+                        start.elapsed().as_secs()
                     ),
                 );
                 return Ok(None);
@@ -381,6 +404,32 @@ mod tests {
             c.script_line(),
             "LANG=C cryptsetup open \"$loop\" 'e2e-my job' || case $? in 24) ;; *) false ;; esac"
         );
+    }
+
+    /// A step that keeps making progress outlives the limit; one that makes none is killed.
+    #[test]
+    fn deadline_moves_with_progress() {
+        let r = Runner::new(false, false);
+        let ticks = std::cell::Cell::new(0u64);
+        let moving = || {
+            ticks.set(ticks.get() + 1);
+            Some(ticks.get())
+        };
+        let t = Instant::now();
+        let (two, ten) = (Duration::from_secs(2), Duration::from_secs(10));
+        let out = r.run_until_stalled(&Cmd::new("sleep").arg("3"), two, ten, &moving);
+        assert!(out.unwrap().is_some(), "killed although progressing");
+        assert!(t.elapsed() >= Duration::from_secs(3));
+        let t = Instant::now();
+        let out = r.run_until_stalled(&Cmd::new("sleep").arg("30"), two, ten, &|| Some(7));
+        assert!(out.unwrap().is_none(), "a stalled step must be killed");
+        assert!(t.elapsed() < Duration::from_secs(8));
+        // Progress does not extend it beyond the cap.
+        let t = Instant::now();
+        let three = Duration::from_secs(3);
+        let out = r.run_until_stalled(&Cmd::new("sleep").arg("30"), two, three, &moving);
+        assert!(out.unwrap().is_none(), "the cap must hold");
+        assert!(t.elapsed() < Duration::from_secs(9));
     }
 
     #[test]

@@ -11,8 +11,12 @@ use anyhow::Result;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Unmount the container's ext4 within a minute: over a hung or dead sshfs the flush blocks, so
-/// then the connection is fenced (the flush fails with I/O errors) and the mount detached lazily.
+/// Unmount the container's ext4, waiting while its flush makes progress (sectors written through
+/// the mapping: a slow link with much dirty data, after a run was stopped mid-rsync, can need more
+/// than a minute), up to 150 s in all (the units' TimeoutStopSec= is 3 min). Over a hung or dead
+/// sshfs nothing completes, so after a minute without progress, or at the cap, the connection is
+/// fenced (the flush fails with I/O errors; ext4's journal keeps the filesystem consistent) and
+/// the mount detached lazily.
 /// `known`: this run mounted it (a dry-run cannot see that in the mount table).
 pub(crate) fn unmount_fs(ctx: &Ctx, known: bool) -> Result<()> {
     let (run, p) = (&ctx.run, &ctx.paths);
@@ -28,7 +32,16 @@ pub(crate) fn unmount_fs(ctx: &Ctx, known: bool) -> Result<()> {
             )
         })
     });
-    if run.run_timeout(&umount, Duration::from_secs(60))?.is_none() {
+    let written = || p.kernel.dm_sectors_written(&p.dm_name);
+    if run
+        .run_until_stalled(
+            &umount,
+            Duration::from_secs(60),
+            Duration::from_secs(150),
+            &written,
+        )?
+        .is_none()
+    {
         remote::fence(run, p, ctx.port.get())?;
         run.run(&Cmd::new("umount").arg("-l").arg(&p.fs))?;
     }
