@@ -19,6 +19,7 @@ let
     e2e-backup = fakeDrv "e2e-backup";
     e2e-backup-next = fakeDrv "e2e-backup-next";
     shadow = fakeDrv "shadow";
+    coreutils = fakeDrv "coreutils";
     nbd = fakeDrv "nbd";
     qemu-utils = fakeDrv "qemu-utils";
   };
@@ -76,13 +77,14 @@ let
   };
 
   cases = {
-    # Two jobs using most options (home: startAt and the hooks; db: timerConfig, environment and
-    # its own package), and a server with two clients and NBD.
+    # Two jobs using most options (home: startAt, the hooks and dynamicFilesFrom instead of paths;
+    # db: timerConfig, environment and its own package), and a server with two clients and NBD.
     two-jobs = {
       services.openssh.enable = true;
       services.e2e-backup.jobs = {
         home = {
-          paths = [ "/home" "/etc" ];
+          # No paths: the list the command writes holds them all.
+          dynamicFilesFrom = "echo /etc; find /home -mindepth 1 -maxdepth 1 -type d -not -name guest | sort";
           exclude = [ "*.cache" "/home/*/.local/share/Trash" ];
           extraRsyncArgs = [ "--one-file-system" ];
           startAt = [ "*-*-* 03:00:00" "*-*-* 15:00:00" ];

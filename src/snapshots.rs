@@ -307,6 +307,7 @@ mod tests {
             paths: vec!["/home".into(), "/etc".into()],
             exclude: vec!["*.cache".into()],
             exclude_from: vec!["/etc/e2e-backup/x.exclude".into()],
+            files_from: vec![],
             rsync_args: vec!["--one-file-system".into()],
             allow_partial: true,
         };

@@ -60,6 +60,8 @@ fn render(j: &config::Job) -> String {
         ("container.server_reserve", c.server_reserve.to_string()),
         ("sync.paths", format!("{:?}", j.sync.paths)),
         ("sync.exclude", format!("{:?}", j.sync.exclude)),
+        ("sync.exclude_from", format!("{:?}", j.sync.exclude_from)),
+        ("sync.files_from", format!("{:?}", j.sync.files_from)),
         ("sync.rsync_args", format!("{:?}", j.sync.rsync_args)),
         ("sync.allow_partial", j.sync.allow_partial.to_string()),
         ("retention", format!("{:?}", j.retention)),

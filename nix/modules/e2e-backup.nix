@@ -39,8 +39,29 @@ let
     options = {
       paths = mkOption {
         type = types.listOf types.str;
+        default = [ ];
         example = [ "/home" "/etc" ];
-        description = "Absolute paths to back up.";
+        description = "Absolute paths to back up (sync.paths). May be empty when dynamicFilesFrom is set.";
+      };
+      dynamicFilesFrom = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "find /home -mindepth 1 -maxdepth 1 -type d -not -name guest";
+        description = ''
+          A shell command whose output, one absolute path a line (empty lines and lines starting
+          with # skipped), is added to paths at each run, as
+          `services.restic.backups.<name>.dynamicFilesFrom`. It runs as an ExecStartPre= of
+          e2e-sync@${name}, after preHook (so it can list what preHook wrote), as root, with the
+          job's environment and environmentFile, in that unit's sandbox (no JIT under
+          MemoryDenyWriteExecute=), under `set -eo pipefail`: a command that fails
+          (also inside a pipe) fails the run, which then backs up nothing. Its output replaces
+          /run/e2e-backup-lists/${name}.list atomically (sync.files_from of the job file names
+          that list), which e2e-sync reads and checks at its start; a line that is not an absolute
+          path fails the run with exit 2. The list stays there until the next run or reboot, so
+          an `e2e-sync ${name}` run by hand backs up the paths of the list the last successful
+          run of the command wrote, and fails with exit 2 when none was written yet since boot.
+          null: paths alone.
+        '';
       };
       exclude = mkOption {
         type = types.listOf types.str;
@@ -310,7 +331,8 @@ let
       inherit (job) paths exclude;
       rsync_args = job.extraRsyncArgs;
       allow_partial = job.allowPartial;
-    } // optionalAttrs (job.excludeFrom != [ ]) { exclude_from = map (p: "${p}") job.excludeFrom; };
+    } // optionalAttrs (job.excludeFrom != [ ]) { exclude_from = map (p: "${p}") job.excludeFrom; }
+    // optionalAttrs (job.dynamicFilesFrom != null) { files_from = [ (filesFromList name) ]; };
     retention = {
       keep_last = job.prune.keep.last;
       keep_hourly = job.prune.keep.hourly;
@@ -320,6 +342,11 @@ let
       keep_yearly = job.prune.keep.yearly;
     } // optionalAttrs (job.prune.keep.within != null) { keep_within = job.prune.keep.within; };
   };
+
+  # Where the dynamicFilesFrom command's output goes: outside /run/e2e-backup/<name>/, which the
+  # tools own (and which no backup includes).
+  filesFromDir = "e2e-backup-lists";
+  filesFromList = name: "/run/${filesFromDir}/${name}.list";
 
   jobFile = name: job: settingsFormat.generate "e2e-backup-${name}.toml" (jobSettings name job);
 
@@ -363,6 +390,19 @@ let
       # e2e-sync@ and e2e-trim@ below also get the credential (all five read the key).
       keyUnits = [ "e2e-open" "e2e-grow" "e2e-verify" ];
       inhibit = optionals job.inhibitsSleep [ "e2e-backup-inhibit@${name}.service" ];
+      # dynamicFilesFrom: the command's output into the list, whole or not at all (a failed
+      # command leaves the previous list and fails the unit, so e2e-sync does not run).
+      filesFromCommand = pkgs.writeShellScript "e2e-backup-${name}-files-from"
+        ("set -eo pipefail\n" + job.dynamicFilesFrom + "\n");
+      filesFromWrite = pkgs.writeShellScript "e2e-backup-${name}-files-from-write" ''
+        set -eo pipefail
+        umask 077
+        list=${lib.escapeShellArg (filesFromList name)}
+        ${filesFromCommand} >"$list.new"
+        ${pkgs.coreutils}/bin/mv -f "$list.new" "$list"
+      '';
+      preCommands = optional (job.preHook != "") "${pkgs.writeShellScript "e2e-backup-${name}-pre" job.preHook}"
+        ++ optional (job.dynamicFilesFrom != null) "${filesFromWrite}";
     in
     mkMerge [
       (lib.listToAttrs (map (u: lib.nameValuePair "${u}@${name}" (dropin {
@@ -372,8 +412,14 @@ let
       {
         "e2e-sync@${name}" = dropin {
           serviceConfig = credentialConfig job // runConfig "e2e-sync"
-            // optionalAttrs (job.preHook != "") {
-            ExecStartPre = [ "${pkgs.writeShellScript "e2e-backup-${name}-pre" job.preHook}" ];
+            // optionalAttrs (preCommands != [ ]) { ExecStartPre = preCommands; }
+            // optionalAttrs (job.dynamicFilesFrom != null) {
+            # Made by systemd before ExecStartPre=, root's, mode 0700 at every start; kept after
+            # the run (until reboot) for e2e-sync run by hand. Shared by the jobs' instances,
+            # all with the same settings, so no instance's stop removes another's list.
+            RuntimeDirectory = filesFromDir;
+            RuntimeDirectoryMode = "0700";
+            RuntimeDirectoryPreserve = true;
           } // optionalAttrs (job.postHook != "") {
             ExecStopPost = [ "${pkgs.writeShellScript "e2e-backup-${name}-post" job.postHook}" ];
           };
@@ -427,8 +473,8 @@ let
       message = "services.e2e-backup.jobs.\"${name}\": the job name must match [A-Za-z0-9_][A-Za-z0-9_.@-]*, without \"..\", at most 64 characters (it becomes a unit instance and /run/e2e-backup/<name>).";
     }
     {
-      assertion = job.paths != [ ] && builtins.all (lib.hasPrefix "/") job.paths;
-      message = "services.e2e-backup.jobs.${name}.paths must be a non-empty list of absolute paths (got ${builtins.toJSON job.paths}).";
+      assertion = (job.paths != [ ] || job.dynamicFilesFrom != null) && builtins.all (lib.hasPrefix "/") job.paths;
+      message = "services.e2e-backup.jobs.${name}.paths must hold absolute paths only, at least one unless dynamicFilesFrom is set (got ${builtins.toJSON job.paths}).";
     }
     {
       assertion = (job.keyFile != null) != (job.keyCredential.path != null);

@@ -38,16 +38,18 @@ pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
     if cli.prune {
         return super::prune::prune(&ctx, &job, cli.preview);
     }
+    let mut job = job;
+    // The lists are read once, before anything opens: a bad one changes nothing.
+    job.sync.paths = job.sync.all_paths()?;
     if job.sync.paths.is_empty() {
         return Err(fail(
             Code::Config,
             format!(
-                "{}: sync.paths: required but not set (or give --source PATH)",
+                "{}: sync.paths: required but not set (or give --source PATH, or lists in sync.files_from)",
                 job.origin
             ),
         ));
     }
-    let mut job = job;
     job.container.create |= cli.create;
     let (dest, unread, summary) = with_stack(&ctx, &job, false, |stack| {
         if !cli.no_grow {

@@ -49,6 +49,7 @@ pub struct RawSync {
     pub paths: Option<Vec<String>>,
     pub exclude: Option<Vec<String>>,
     pub exclude_from: Option<Vec<PathBuf>>,
+    pub files_from: Option<Vec<PathBuf>>,
     pub rsync_args: Option<Vec<String>>,
     pub allow_partial: Option<bool>,
 }

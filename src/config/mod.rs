@@ -91,10 +91,47 @@ pub struct Sync {
     pub paths: Vec<String>,
     pub exclude: Vec<String>,
     pub exclude_from: Vec<PathBuf>,
+    /// Files listing more paths to back up, one absolute path a line, read at each run (a list a
+    /// command wrote just before, as restic's dynamicFilesFrom).
+    pub files_from: Vec<PathBuf>,
     pub rsync_args: Vec<String>,
     /// A run whose source files cannot all be read still publishes a snapshot, marked incomplete
     /// (see `partial`); false: it fails and publishes nothing.
     pub allow_partial: bool,
+}
+
+impl Sync {
+    /// `paths` and the paths the `files_from` lists hold now (empty lines and `#` comments
+    /// skipped, duplicates dropped), or one line saying which list or line is wrong.
+    pub fn all_paths(&self) -> Result<Vec<String>> {
+        let mut all = self.paths.clone();
+        for f in &self.files_from {
+            let text = std::fs::read_to_string(f).map_err(|e| {
+                fail(
+                    Code::Config,
+                    format!(
+                        "sync.files_from: cannot read {}: {e}; nothing synced",
+                        f.display()
+                    ),
+                )
+            })?;
+            for (i, line) in text.lines().enumerate() {
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                if !line.starts_with('/') {
+                    return Err(fail(
+                        Code::Config,
+                        format!("{}:{}: {line:?} is not an absolute path (sync.files_from lists one absolute path a line); nothing synced", f.display(), i + 1),
+                    ));
+                }
+                if !all.iter().any(|p| p == line) {
+                    all.push(line.to_string());
+                }
+            }
+        }
+        Ok(all)
+    }
 }
 
 /// A resolved job.
@@ -268,6 +305,7 @@ fn resolve(job: &str, raw: RawFile, ov: &Overrides, origin: &str) -> Result<Job>
         paths: s.paths.unwrap_or_default(),
         exclude: s.exclude.unwrap_or_default(),
         exclude_from: s.exclude_from.unwrap_or_default(),
+        files_from: s.files_from.unwrap_or_default(),
         rsync_args: s.rsync_args.unwrap_or_default(),
         allow_partial: s.allow_partial.unwrap_or(true),
     };
@@ -278,6 +316,14 @@ fn resolve(job: &str, raw: RawFile, ov: &Overrides, origin: &str) -> Result<Job>
     for p in &sync.paths {
         if !p.starts_with('/') {
             return Err(bad("sync.paths", format!("{p:?} is not an absolute path")));
+        }
+    }
+    for f in &sync.files_from {
+        if !f.is_absolute() {
+            return Err(bad(
+                "sync.files_from",
+                format!("{:?} is not an absolute path", f.display()),
+            ));
         }
     }
     for e in &sync.exclude {
@@ -342,6 +388,32 @@ fn filter_rule_prefix(e: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_from_lists_add_paths() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a.list"), d.path().join("b.list"));
+        std::fs::write(&a, "# made by a hook\n/srv/db dump\n\n/home\n").unwrap();
+        std::fs::write(&b, "relative/path\n").unwrap();
+        let mut s = Sync {
+            paths: vec!["/home".into()],
+            exclude: vec![],
+            exclude_from: vec![],
+            files_from: vec![a.clone()],
+            rsync_args: vec![],
+            allow_partial: true,
+        };
+        assert_eq!(s.all_paths().unwrap(), ["/home", "/srv/db dump"]);
+        s.files_from.push(b.clone());
+        let e = s.all_paths().unwrap_err().to_string();
+        assert!(e.contains(&format!("{}:1:", b.display())), "{e}");
+        s.files_from = vec![d.path().join("missing")];
+        assert!(s
+            .all_paths()
+            .unwrap_err()
+            .to_string()
+            .contains("cannot read"));
+    }
 
     const FULL: &str = r#"
 [remote]
