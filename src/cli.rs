@@ -137,7 +137,8 @@ pub struct OpenCli {
 /// when it is short of space, rsyncs into snapshots/<STAMP>.inflight, renames it on success, moves
 /// `latest`, prunes per [retention]. Prints the new snapshot's path. Source files that cannot be
 /// read do not cost the snapshot (sync.allow_partial): it is published with the previous version
-/// in their place, marked incomplete, and the run exits 8.
+/// in their place, marked incomplete, and the run exits 8. A read-only open of the job left behind
+/// (e2e-open --read-only, to browse) is closed first if nothing uses it; exit 5 if something does.
 #[derive(Debug, Parser)]
 #[command(name = "e2e-sync", version, after_help = after_help(""))]
 pub struct SyncCli {

@@ -130,6 +130,12 @@ impl Kernel {
         Some(s)
     }
 
+    /// Whether the device-mapper device is read-only (`ro` in sysfs: opened with --readonly).
+    pub fn dm_read_only(&self, dm_name: &str) -> Option<bool> {
+        let ro = std::fs::read_to_string(self.dm_dir(dm_name)?.join("ro")).ok()?;
+        Some(ro.trim() == "1")
+    }
+
     /// Sectors written to the device-mapper device so far (the 7th field of its `stat`, counted as
     /// writes complete): it grows while a flush through it makes progress.
     pub fn dm_sectors_written(&self, dm_name: &str) -> Option<u64> {
@@ -318,6 +324,9 @@ mod tests {
         assert_eq!(k.dm_slaves("e2e-other"), None);
         assert_eq!(k.dm_sectors_written("e2e-home"), Some(524288));
         assert_eq!(k.dm_sectors_written("e2e-other"), None);
+        assert_eq!(k.dm_read_only("e2e-home"), None, "no ro file: not known");
+        put("sys/block/dm-3/ro", "1\n");
+        assert_eq!(k.dm_read_only("e2e-home"), Some(true));
         assert_eq!(k.free_nbd_device(), Some(PathBuf::from("/dev/nbd2")));
         let ps = k.processes();
         let ssh = ps.iter().find(|p| p.pid == 8).unwrap();

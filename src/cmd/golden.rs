@@ -256,6 +256,20 @@ fn sync_refuses_a_read_only_mount() {
     assert_eq!(ran, Vec::<String>::new(), "nothing ran");
 }
 
+/// A forgotten read-only open (the mapping itself read-only): a sync closes it, then opens for
+/// writing. (Mounted read-only over a writable mapping, ext4's reaction to an I/O error, it refuses:
+/// `sync_refuses_a_read_only_mount`.)
+#[test]
+fn sync_over_a_forgotten_read_only_open() {
+    let f = Fixture::new(false)
+        .remote_mounted()
+        .mapped()
+        .fs_mounted("ro,relatime");
+    f.write(&f.root.join("sys/block/dm-0/ro"), "1\n");
+    f.sync().unwrap();
+    check("sync-over-read-only-open", &f.script());
+}
+
 #[test]
 fn restore_from_nothing() {
     let f = Fixture::new(false);

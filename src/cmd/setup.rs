@@ -84,6 +84,15 @@ pub(crate) fn setup_with(run: &Runner, cli: &SetupCli) -> Result<Option<PathBuf>
         ));
     }
     let job = config::from_flags(&c.job, &ov)?;
+    if exists(&key) {
+        // An existing key that would be refused later is refused now, before anything is written.
+        check_key_file(&key).map_err(|e| {
+            fail(
+                Code::Config,
+                format!("key file {}: {e}; nothing changed", key.display()),
+            )
+        })?;
+    }
     let size = ov.size.clone().unwrap_or_default();
     run.run(&Cmd::new("install").args(["-d", "-m", "0700"]).arg(&dir))?;
     // The host key first: until it is confirmed, nothing else is written.
@@ -95,11 +104,9 @@ pub(crate) fn setup_with(run: &Runner, cli: &SetupCli) -> Result<Option<PathBuf>
     Ok(Some(file))
 }
 
-/// 64 random bytes, mode 0600; an existing key is kept (and checked).
+/// 64 random bytes, mode 0600; an existing key (checked up front) is kept.
 fn make_key(run: &Runner, key: &Path) -> Result<()> {
     if exists(key) {
-        check_key_file(key)
-            .map_err(|e| fail(Code::Config, format!("key file {}: {e}", key.display())))?;
         run.note(&format!("using the existing key {}", key.display()));
         return Ok(());
     }

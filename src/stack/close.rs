@@ -117,6 +117,31 @@ pub(crate) fn recover_stale(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// A read-only open left behind (`e2e-open --read-only` to browse or restore, then forgotten)
+/// would make a backup fail. If nothing uses it, close it (the remote stays) so the run can open
+/// the container for writing; if something does, say so (exit 5, nothing closed). A filesystem
+/// that ext4 remounted read-only after an I/O error (the mapping itself is writable) is left to
+/// the refusal in `open_stack`.
+pub(crate) fn close_idle_read_only(ctx: &Ctx) -> Result<()> {
+    let p = &ctx.paths;
+    let ro_open = p.kernel.mount_at(&p.fs).is_some_and(|m| m.read_only())
+        && p.kernel.dm_read_only(&p.dm_name) == Some(true);
+    if !ro_open {
+        return Ok(());
+    }
+    crate::notice!(
+        "job {} is open read-only (a browse or restore left open): closing it to back up",
+        p.job
+    );
+    if ctx.run.is_dry() {
+        // The script cannot see the mounts go: it closes everything, then shows a full bring-up.
+        teardown(ctx, false)?;
+        p.kernel.forget();
+        return Ok(());
+    }
+    teardown(ctx, true)
+}
+
 /// A dry run decides from what it can see without probing the link: a killed run's stack, or
 /// layers left without their remote, are torn down in the script (and then taken as gone).
 fn recover_stale_dry(ctx: &Ctx) -> Result<()> {

@@ -8,7 +8,7 @@ pub mod lost_link;
 pub mod open;
 pub mod watchdog;
 
-use self::close::{close_opened, recover_stale};
+use self::close::{close_idle_read_only, close_opened, recover_stale};
 use self::lost_link::explain_lost_link;
 use self::open::ensure_open;
 use self::watchdog::StallWatchdog;
@@ -202,6 +202,9 @@ pub(crate) fn with_stack<T>(
     f: impl FnOnce(&mut Stack) -> Result<T>,
 ) -> Result<T> {
     recover_stale(ctx)?;
+    if !read_only {
+        close_idle_read_only(ctx)?;
+    }
     // Claim the layers this run is about to open before it opens them: a run killed half-way
     // through bring-up (or through creation) leaves a record the next run acts on.
     let p = &ctx.paths;
