@@ -30,6 +30,12 @@ pub fn info(line: &str) {
     }
 }
 
+/// A result as one line of JSON on stdout (`--json`; the schemas are in docs/contract.md).
+pub fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    print_stdout(&format!("{}\n", serde_json::to_string(v)?));
+    Ok(())
+}
+
 /// The syslog priority of a line on stderr.
 #[derive(Clone, Copy)]
 pub enum Level {

@@ -3,7 +3,7 @@
 
 use crate::config::Job;
 use crate::manifest::{self, Manifest};
-use crate::progress::print_stdout;
+use crate::progress::{print_json, print_stdout};
 use crate::snapshots;
 use crate::stack::{with_stack, Ctx};
 use anyhow::Result;
@@ -73,7 +73,7 @@ pub(crate) fn diff(
     })?;
     let Some(c) = c else { return Ok(None) };
     if json {
-        print_stdout(&format!("{}\n", serde_json::to_string(&c)?));
+        print_json(&c)?;
     } else {
         print_stdout(&text(&c));
     }

@@ -5,7 +5,7 @@ use crate::config::Job;
 use crate::error::{fail, Code};
 use crate::manifest;
 use crate::partial;
-use crate::progress::print_stdout;
+use crate::progress::{print_json, print_stdout};
 use crate::snapshots;
 use crate::stack::{with_stack, Ctx};
 use crate::timefmt;
@@ -151,7 +151,7 @@ pub(crate) fn history(ctx: &Ctx, job: &Job, path: &str, json: bool) -> Result<Op
         ));
     }
     if json {
-        print_stdout(&format!("{}\n", serde_json::to_string(&v)?));
+        print_json(&v)?;
     } else {
         print_stdout(&text(&v));
     }

@@ -3,7 +3,7 @@
 use crate::config::Job;
 use crate::error::{fail, Code};
 use crate::manifest::{self, hash_listed, holds_regular_file};
-use crate::progress::{finish_progress, print_stdout, progress_reporter};
+use crate::progress::{finish_progress, print_json, progress_reporter};
 use crate::snapshots;
 use crate::stack::{with_stack, Ctx};
 use anyhow::Result;
@@ -97,7 +97,7 @@ pub(crate) fn restore(
                 checked: checked.is_some(),
                 files: checked.as_ref().map(|c| c.1),
             };
-            print_stdout(&format!("{}\n", serde_json::to_string(&r)?));
+            print_json(&r)?;
             return Ok(None);
         }
         Ok(Some(PathBuf::from(target)))

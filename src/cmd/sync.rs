@@ -7,7 +7,7 @@ use crate::exec::{Cmd, Step};
 use crate::filesystem as fsys;
 use crate::manifest;
 use crate::partial;
-use crate::progress::{finish_progress, notify_status, print_stdout, progress_reporter};
+use crate::progress::{finish_progress, notify_status, print_json, progress_reporter};
 use crate::snapshots::{self, INFLIGHT, PRUNING};
 use crate::stack::grow::auto_grow;
 use crate::stack::{lock, with_stack, Ctx};
@@ -68,7 +68,7 @@ pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
         Ok((dest, published.unread.len(), summary))
     })?;
     if let Some(s) = &summary {
-        print_stdout(&format!("{}\n", serde_json::to_string(s)?));
+        print_json(s)?;
     }
     if unread > 0 {
         // Published, recorded and pruned like any other: the path is the result all the same.

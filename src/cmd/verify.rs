@@ -3,7 +3,7 @@
 use crate::config::Job;
 use crate::error::{fail, Code};
 use crate::manifest;
-use crate::progress::print_stdout;
+use crate::progress::print_json;
 use crate::snapshots;
 use crate::stack::{with_stack, Ctx};
 use anyhow::{Context, Result};
@@ -60,7 +60,7 @@ pub(crate) fn verify(ctx: &Ctx, job: &Job, spec: &str, json: bool) -> Result<Opt
                 extra: paths(&d.extra),
                 read_errors: unreadable.iter().map(|l| l.to_string()).collect(),
             };
-            print_stdout(&format!("{}\n", serde_json::to_string(&report)?));
+            print_json(&report)?;
         }
         for (what, names) in [
             ("changed", &d.changed),
