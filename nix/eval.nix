@@ -77,8 +77,9 @@ let
   };
 
   cases = {
-    # Two jobs using most options (home: startAt, the hooks and dynamicFilesFrom instead of paths;
-    # db: timerConfig, environment and its own package), and a server with two clients and NBD.
+    # Two jobs using most options (home: startAt, the hooks, skipUnchanged and dynamicFilesFrom
+    # instead of paths; db: timerConfig, environment, allowPartial = false and its own package),
+    # and a server with two clients and NBD.
     two-jobs = {
       services.openssh.enable = true;
       services.e2e-backup.jobs = {
@@ -91,6 +92,7 @@ let
           verifyAt = "Sun 04:00";
           trimAt = "monthly";
           inhibitsSleep = true;
+          skipUnchanged = true;
           prune.keep = { daily = 7; weekly = 4; monthly = 6; within = "2w"; };
           preHook = "echo pre";
           postHook = "echo post $EXIT_STATUS";

@@ -196,6 +196,10 @@ pub struct SyncCli {
     /// Do not prune old snapshots after syncing
     #[arg(long)]
     pub no_prune: bool,
+    /// Make no new snapshot when nothing changed since the latest one, as sync.skip_unchanged =
+    /// true: the run is recorded beside that snapshot ("unchanged through", in --list)
+    #[arg(long, conflicts_with_all = ["restore", "list", "verify", "prune", "diff", "history"])]
+    pub skip_unchanged: bool,
     /// Use the container even though it fails the check against what this host last wrote (it lacks
     /// the newest snapshot this host wrote, that snapshot's manifest changed, or its LUKS UUID
     /// differs: the server handed back an older or another copy); a sync then prunes nothing

@@ -22,5 +22,6 @@ pub mod snapshots;
 pub mod stack;
 pub mod summary;
 pub mod timefmt;
+pub mod unchanged;
 
 pub use error::{Code, Fail};

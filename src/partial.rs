@@ -66,6 +66,16 @@ pub fn parse(stderr: &str) -> Result<Vec<Unread>, String> {
     }
 }
 
+/// The source files rsync saw in its file list and found gone when it came to read them (exit 24,
+/// or among the errors of a 23): `file has vanished: "/data/x"` (rsync 3.2.7; older ones put
+/// `rsync: [sender]`-less variants in the same words). Not unread: they no longer exist.
+pub fn vanished(stderr: &str) -> usize {
+    stderr
+        .lines()
+        .filter(|l| l.contains("file has vanished: "))
+        .count()
+}
+
 /// `read errors mapping "/data/x": Input/output error (5)` → ("/data/x", "Input/output error (5)").
 fn quoted_path(rest: &str) -> Option<(String, String)> {
     let a = rest.find('"')?;
@@ -154,6 +164,19 @@ rsync error: some files/attrs were not transferred (see previous errors) (code 2
             parse("").unwrap_err(),
             "rsync exited 23 without naming a file"
         );
+    }
+
+    #[test]
+    fn vanished_files_are_counted_and_are_not_unread() {
+        let v = "file has vanished: \"/data/home/tmp/a\"\n\
+file has vanished: \"/data/home/tmp/b\"\n\
+rsync warning: some files vanished before they could be transferred (code 24) at main.c(1338) [sender=3.2.7]\n";
+        assert_eq!(vanished(v), 2);
+        assert_eq!(vanished(EIO), 0);
+        // Beside read errors (exit 23) they change nothing in what is unread.
+        let both = format!("{v}{EIO}");
+        assert_eq!(vanished(&both), 2);
+        assert_eq!(parse(&both).unwrap().len(), 3);
     }
 
     #[test]

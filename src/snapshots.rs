@@ -43,39 +43,44 @@ pub fn log_path(fs: &Path, stamp: &str) -> PathBuf {
     fs.join("logs").join(format!("{stamp}.log"))
 }
 
-/// The backup rsync. Sources are transferred with `--relative` so `/home` and `/var/lib/x` keep
-/// their full paths inside the snapshot and cannot collide. `--link-dest` is relative to the
-/// destination, hence `../STAMP`.
-pub fn rsync_backup(sync: &Sync, fs: &Path, stamp: &str, link_dest: Option<&str>) -> Cmd {
-    let mut c = Cmd::new("rsync")
-        .args([
-            "-aHAX",
-            "--numeric-ids",
-            "--delete",
-            "--delete-excluded",
-            "--relative",
-            // Runs of zeros become holes: a sparse source (a VM image, a 5 GiB file that is
-            // mostly holes) stays sparse in the container, which is sparse on the server too.
-            "--sparse",
-            // The quick check compares mtimes to the nanosecond: by default rsync compares whole
-            // seconds, so a file rewritten at the same size within the second the previous run
-            // saw it was taken as unchanged and hard-linked, old contents and all.
-            "--modify-window=-1",
-        ])
-        .args(["--info=progress2", "--stats"])
-        // No data between rsync's processes for 10 min (a source or destination that hangs):
-        // rsync gives up instead of holding the job's lock forever.
-        .arg("--timeout=600")
-        .arg(format!("--log-file={}", log_path(fs, stamp).display()))
-        // The run's own mounts (the container inside itself, the sshfs view of the server) are
-        // never part of a backup, whatever sync.paths says (paths = ["/"]).
-        .arg(format!("--exclude={}/", crate::paths::RUN_BASE));
+/// The options every backup rsync and its probe share: what is compared and how.
+fn rsync_common(sync: &Sync) -> Cmd {
+    let mut c = Cmd::new("rsync").args([
+        "-aHAX",
+        "--numeric-ids",
+        "--delete",
+        "--delete-excluded",
+        "--relative",
+        // Runs of zeros become holes: a sparse source (a VM image, a 5 GiB file that is
+        // mostly holes) stays sparse in the container, which is sparse on the server too.
+        "--sparse",
+        // The quick check compares mtimes to the nanosecond: by default rsync compares whole
+        // seconds, so a file rewritten at the same size within the second the previous run
+        // saw it was taken as unchanged and hard-linked, old contents and all.
+        "--modify-window=-1",
+    ]);
+    // The run's own mounts (the container inside itself, the sshfs view of the server) are
+    // never part of a backup, whatever sync.paths says (paths = ["/"]).
+    c = c.arg(format!("--exclude={}/", crate::paths::RUN_BASE));
     for e in &sync.exclude {
         c = c.arg(format!("--exclude={e}"));
     }
     for e in &sync.exclude_from {
         c = c.arg(format!("--exclude-from={}", e.display()));
     }
+    c
+}
+
+/// The backup rsync. Sources are transferred with `--relative` so `/home` and `/var/lib/x` keep
+/// their full paths inside the snapshot and cannot collide. `--link-dest` is relative to the
+/// destination, hence `../STAMP`.
+pub fn rsync_backup(sync: &Sync, fs: &Path, stamp: &str, link_dest: Option<&str>) -> Cmd {
+    let mut c = rsync_common(sync)
+        .args(["--info=progress2", "--stats"])
+        // No data between rsync's processes for 10 min (a source or destination that hangs):
+        // rsync gives up instead of holding the job's lock forever.
+        .arg("--timeout=600")
+        .arg(format!("--log-file={}", log_path(fs, stamp).display()));
     if let Some(l) = link_dest {
         c = c.arg(format!("--link-dest=../{l}"));
     }
@@ -97,6 +102,17 @@ pub fn rsync_backup(sync: &Sync, fs: &Path, stamp: &str, link_dest: Option<&str>
         c
     };
     c.on_fail(|_, out| rsync_failure(out))
+}
+
+/// The probe of `sync.skip_unchanged`: the same comparison as [`rsync_backup`] against snapshot
+/// `latest` itself, as a dry run (`-n`) that itemizes each difference (`-i`) and writes nothing.
+/// See [`crate::unchanged`].
+pub fn rsync_probe(sync: &Sync, fs: &Path, latest: &str) -> Cmd {
+    rsync_common(sync)
+        .args(["--dry-run", "--itemize-changes", "--timeout=600"])
+        .args(&sync.rsync_args)
+        .args(&sync.paths)
+        .arg(format!("{}/", fs.join("snapshots").join(latest).display()))
 }
 
 /// rsync's own "rsync: …" line names what failed; its closing "rsync error: … (code N)" does not.
@@ -310,6 +326,7 @@ mod tests {
             files_from: vec![],
             rsync_args: vec!["--one-file-system".into()],
             allow_partial: true,
+            skip_unchanged: false,
         };
         let fs = Path::new("/run/e2e-backup/home/fs");
         let c = rsync_backup(&s, fs, "2024-01-02T03:04:05Z", Some("2024-01-01T03:04:05Z"));
@@ -324,13 +341,13 @@ mod tests {
                 "--relative",
                 "--sparse",
                 "--modify-window=-1",
+                "--exclude=/run/e2e-backup/",
+                "--exclude=*.cache",
+                "--exclude-from=/etc/e2e-backup/x.exclude",
                 "--info=progress2",
                 "--stats",
                 "--timeout=600",
                 "--log-file=/run/e2e-backup/home/fs/logs/2024-01-02T03:04:05Z.log",
-                "--exclude=/run/e2e-backup/",
-                "--exclude=*.cache",
-                "--exclude-from=/etc/e2e-backup/x.exclude",
                 "--link-dest=../2024-01-01T03:04:05Z",
                 "--one-file-system",
                 "/home",
@@ -343,6 +360,21 @@ mod tests {
             .ends_with("|| case $? in 24) ;; *) false ;; esac"));
         let c = rsync_backup(&s, fs, "2024-01-02T03:04:05Z", None);
         assert!(!c.argv().iter().any(|a| a.starts_with("--link-dest")));
+        // The probe compares exactly what the backup would, against the snapshot itself.
+        let p = rsync_probe(&s, fs, "2024-01-01T03:04:05Z").argv();
+        assert_eq!(p[..11], c.argv()[..11]);
+        assert_eq!(
+            p[11..],
+            [
+                "--dry-run",
+                "--itemize-changes",
+                "--timeout=600",
+                "--one-file-system",
+                "/home",
+                "/etc",
+                "/run/e2e-backup/home/fs/snapshots/2024-01-01T03:04:05Z/",
+            ]
+        );
         assert_eq!(
             rsync_restore(Path::new("/f/snapshots/S/home"), "/tmp/r").argv(),
             [

@@ -64,6 +64,7 @@ fn render(j: &config::Job) -> String {
         ("sync.files_from", format!("{:?}", j.sync.files_from)),
         ("sync.rsync_args", format!("{:?}", j.sync.rsync_args)),
         ("sync.allow_partial", j.sync.allow_partial.to_string()),
+        ("sync.skip_unchanged", j.sync.skip_unchanged.to_string()),
         ("retention", format!("{:?}", j.retention)),
     ] {
         writeln!(out, "{k}={v}").unwrap();

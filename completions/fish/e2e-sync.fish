@@ -26,6 +26,7 @@ complete -c e2e-sync -l preview -d 'With --prune: open read-only, print the verd
 complete -c e2e-sync -l create -d 'Create the container first if it does not exist (as e2e-open --create)'
 complete -c e2e-sync -l no-grow -d 'Do not grow the container before syncing'
 complete -c e2e-sync -l no-prune -d 'Do not prune old snapshots after syncing'
+complete -c e2e-sync -l skip-unchanged -d 'Make no new snapshot when nothing changed since the latest one, as sync.skip_unchanged = true: the run is recorded beside that snapshot ("unchanged through", in --list)'
 complete -c e2e-sync -l accept-rollback -d 'Use the container even though it fails the check against what this host last wrote (it lacks the newest snapshot this host wrote, that snapshot\'s manifest changed, or its LUKS UUID differs: the server handed back an older or another copy); a sync then prunes nothing'
 complete -c e2e-sync -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c e2e-sync -s V -l version -d 'Print version'

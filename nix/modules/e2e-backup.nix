@@ -94,6 +94,15 @@ let
           a run fails and publishes nothing.
         '';
       };
+      skipUnchanged = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          A run that finds the source unchanged since the latest complete snapshot makes no new
+          snapshot; it records the run beside that snapshot instead, shown as "unchanged through
+          STAMP" by `e2e-sync --list` (sync.skip_unchanged). false: every run makes a snapshot.
+        '';
+      };
       startAt = mkOption {
         type = with types; either str (listOf str);
         default = defaultTimer.startAt;
@@ -331,6 +340,7 @@ let
       inherit (job) paths exclude;
       rsync_args = job.extraRsyncArgs;
       allow_partial = job.allowPartial;
+      skip_unchanged = job.skipUnchanged;
     } // optionalAttrs (job.excludeFrom != [ ]) { exclude_from = map (p: "${p}") job.excludeFrom; }
     // optionalAttrs (job.dynamicFilesFrom != null) { files_from = [ (filesFromList name) ]; };
     retention = {

@@ -8,6 +8,7 @@ use crate::progress::{print_json, print_stdout};
 use crate::snapshots;
 use crate::stack::{with_stack, Ctx};
 use crate::summary::{self, RunStats};
+use crate::unchanged;
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 
@@ -21,6 +22,10 @@ pub(crate) struct Listed {
     /// False: some source paths could not be read (see `unread` and the snapshot's record).
     pub complete: bool,
     pub unread: usize,
+    /// The last run that found the source unchanged since this snapshot and so made none
+    /// (`sync.skip_unchanged`), and how many runs did.
+    pub unchanged_through: Option<String>,
+    pub unchanged_runs: usize,
     #[serde(flatten)]
     pub run: RunStats,
 }
@@ -33,7 +38,10 @@ pub(crate) fn listing(fs: &Path) -> Vec<Listed> {
         .into_iter()
         .map(|(stamp, time)| {
             let unread = partial::unread_count(fs, &stamp);
+            let checks = unchanged::runs(fs, &stamp);
             Listed {
+                unchanged_through: checks.last().cloned(),
+                unchanged_runs: checks.len(),
                 latest: latest.as_deref() == Some(stamp.as_str()),
                 complete: unread.is_none(),
                 unread: unread.unwrap_or(0),
@@ -45,15 +53,20 @@ pub(crate) fn listing(fs: &Path) -> Vec<Listed> {
         .collect()
 }
 
-/// The text form: a stamp per line, a tab and a note for an incomplete snapshot.
+/// The text form: a stamp per line, a tab and a note for an incomplete snapshot or one later runs
+/// found unchanged.
 pub(crate) fn text(list: &[Listed]) -> String {
     list.iter()
-        .map(|l| match l.complete {
-            true => format!("{}\n", l.stamp),
-            false => format!(
+        .map(|l| match (l.complete, &l.unchanged_through) {
+            (false, _) => format!(
                 "{}\tincomplete: {} source path(s) not read\n",
                 l.stamp, l.unread
             ),
+            (true, Some(last)) => format!(
+                "{}\tunchanged through {last} ({} later run(s) made no new snapshot)\n",
+                l.stamp, l.unchanged_runs
+            ),
+            (true, None) => format!("{}\n", l.stamp),
         })
         .collect()
 }
@@ -99,21 +112,16 @@ mod tests {
             "# comment\nstale\t/data/x\tInput/output error (5)\nmissing\t/data/y\tPermission denied (13)\n",
         )
         .unwrap();
+        std::fs::write(
+            unchanged::record_path(fs, a),
+            unchanged::render(&["2026-12-01T09:00:00Z".into()], "2026-12-01T15:00:00Z"),
+        )
+        .unwrap();
         let list = listing(fs);
         assert_eq!(
             text(&list),
-            format!("{a}\n{b}\tincomplete: 2 source path(s) not read\n")
+            format!("{a}\tunchanged through 2026-12-01T15:00:00Z (2 later run(s) made no new snapshot)\n{b}\tincomplete: 2 source path(s) not read\n")
         );
-        let got = serde_json::to_string_pretty(&list).unwrap() + "\n";
-        let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/list.json");
-        if std::env::var_os("E2E_UPDATE_GOLDEN").is_some() {
-            std::fs::write(&golden, &got).unwrap();
-        }
-        assert_eq!(
-            got,
-            std::fs::read_to_string(&golden).unwrap(),
-            "{}",
-            golden.display()
-        );
+        crate::cmd::check_json("list", &list);
     }
 }

@@ -87,3 +87,20 @@ pub(crate) fn print_result(p: &std::path::Path) {
     };
     print_stdout(&format!("{mark}{}\n", p.display()));
 }
+
+/// The JSON a `--json` mode prints for `value`, compared byte for byte with
+/// tests/golden/NAME.json (`E2E_UPDATE_GOLDEN=1` rewrites it): the schemas of docs/contract.md,
+/// pinned.
+#[cfg(test)]
+pub(crate) fn check_json(name: &str, value: &impl serde::Serialize) {
+    let got = serde_json::to_string_pretty(value).unwrap() + "\n";
+    let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(format!("{name}.json"));
+    if std::env::var_os("E2E_UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden, &got).unwrap();
+    }
+    let want = std::fs::read_to_string(&golden)
+        .unwrap_or_else(|e| panic!("{}: {e} (E2E_UPDATE_GOLDEN=1 writes it)", golden.display()));
+    assert_eq!(got, want, "{} differs", golden.display());
+}

@@ -12,6 +12,7 @@ use crate::progress::print_stdout;
 use crate::snapshots::{self, Verdict, PRUNING};
 use crate::stack::{with_stack, Ctx};
 use crate::timefmt;
+use crate::unchanged;
 use anyhow::Result;
 use std::path::PathBuf;
 
@@ -71,6 +72,9 @@ fn remove(ctx: &Ctx, v: &[Verdict]) -> Result<usize> {
         steps.push(Step::run(Cmd::new("rm").arg("-rf").arg(&gone)));
         steps.push(Step::run(Cmd::rm_f(manifest::path(fs, s))));
         steps.push(Step::run(Cmd::rm_f(partial::record_path(fs, s))));
+        let checks = unchanged::record_path(fs, s);
+        steps.push(Step::run(Cmd::rm_f(checks.with_extension("unchanged.tmp"))));
+        steps.push(Step::run(Cmd::rm_f(checks)));
     }
     if !doomed.is_empty() {
         steps.push(Step::run(fsys::sync_fs(fs)));

@@ -180,3 +180,24 @@ struct Restored {
     /// Regular files checked against the manifest.
     files: Option<usize>,
 }
+
+#[cfg(test)]
+mod tests {
+    /// `--restore --json`'s schema, pinned: a checked restore and an --unchecked one.
+    #[test]
+    fn json_result() {
+        let checked = super::Restored {
+            target: "/srv/restore".into(),
+            stamp: Some("2026-12-02T03:00:00Z".into()),
+            checked: true,
+            files: Some(41),
+        };
+        let unchecked = super::Restored {
+            target: "/srv/restore".into(),
+            stamp: None,
+            checked: false,
+            files: None,
+        };
+        crate::cmd::check_json("restore", &[checked, unchecked]);
+    }
+}

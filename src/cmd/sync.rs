@@ -12,6 +12,7 @@ use crate::snapshots::{self, INFLIGHT, PRUNING};
 use crate::stack::grow::auto_grow;
 use crate::stack::{lock, with_stack, Ctx};
 use crate::timefmt;
+use crate::unchanged;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 
@@ -51,12 +52,22 @@ pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
         ));
     }
     job.container.create |= cli.create;
+    job.sync.skip_unchanged |= cli.skip_unchanged;
     let (dest, unread, summary) = with_stack(&ctx, &job, false, |stack| {
         if !cli.no_grow {
             auto_grow(&ctx, &job, stack)?;
         }
         let published = backup(&ctx, &job)?;
         let dest = published.dest.clone();
+        if let Some(since) = &published.unchanged_since {
+            // Nothing new: the latest snapshot is the result; nothing to record or prune.
+            crate::notice!(
+                "nothing changed since snapshot {since}: no new snapshot (sync.skip_unchanged); this run is recorded beside it"
+            );
+            let summary =
+                (cli.json && !ctx.run.is_dry()).then(|| Summary::of(&ctx.paths.fs, &published));
+            return Ok((dest, 0, summary));
+        }
         ctx.record_history(&job, &published.stamp, &dest)?;
         if !cli.no_prune && ctx.consistent.get() {
             let new = (published.stamp.as_str(), published.now);
@@ -64,7 +75,8 @@ pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
         }
         notify_status(&format!("snapshot {} done", dest.display()));
         // (read while the container is open: the figures come from the run's log inside it)
-        let summary = (cli.json && !ctx.run.is_dry()).then(|| Summary::of(&ctx, &published));
+        let summary =
+            (cli.json && !ctx.run.is_dry()).then(|| Summary::of(&ctx.paths.fs, &published));
         Ok((dest, published.unread.len(), summary))
     })?;
     if let Some(s) = &summary {
@@ -93,8 +105,13 @@ struct Summary {
     snapshot: PathBuf,
     stamp: String,
     complete: bool,
+    /// True: the run found nothing changed and made no snapshot; `snapshot` and `stamp` name the
+    /// latest one, which the source still matches (`sync.skip_unchanged`).
+    unchanged: bool,
     /// The source paths not read, why, and what stands in (stale or missing).
     unread: Vec<UnreadJson>,
+    /// Source files deleted while the run read the source (rsync: "file has vanished").
+    vanished: usize,
     #[serde(flatten)]
     run: crate::summary::RunStats,
 }
@@ -107,11 +124,12 @@ struct UnreadJson {
 }
 
 impl Summary {
-    fn of(ctx: &Ctx, p: &Published) -> Self {
+    fn of(fs: &std::path::Path, p: &Published) -> Self {
         Summary {
             snapshot: p.dest.clone(),
             stamp: p.stamp.clone(),
             complete: p.unread.is_empty(),
+            unchanged: p.unchanged_since.is_some(),
             unread: p
                 .unread
                 .iter()
@@ -121,7 +139,12 @@ impl Summary {
                     stand: s.word(),
                 })
                 .collect(),
-            run: crate::summary::of_log(&snapshots::log_path(&ctx.paths.fs, &p.stamp)),
+            vanished: p.vanished,
+            // An unchanged run ran no rsync of its own: no figures.
+            run: match p.unchanged_since {
+                Some(_) => Default::default(),
+                None => crate::summary::of_log(&snapshots::log_path(fs, &p.stamp)),
+            },
         }
     }
 }
@@ -134,6 +157,11 @@ pub(super) struct Published {
     before: Vec<(String, i64)>,
     /// The source paths rsync could not read, and what stands in for each (empty: complete).
     unread: Vec<(partial::Unread, partial::Stand)>,
+    /// Source files that vanished between rsync's listing and its reading them.
+    vanished: usize,
+    /// Set when nothing changed (`sync.skip_unchanged`): nothing was published, `dest` and `stamp`
+    /// are this snapshot's, and the run was recorded beside it.
+    unchanged_since: Option<String>,
 }
 
 /// The publish order. Nothing that points at a snapshot may become durable before the snapshot's
@@ -193,11 +221,29 @@ pub(super) fn backup(ctx: &Ctx, job: &Job) -> Result<Published> {
     if run.is_dry() && !ctx.fs_mounted() {
         run.note("the container is not open yet, so no --link-dest and no pruning are shown");
     }
+    if job.sync.skip_unchanged {
+        if let Some(base) = unchanged_base(ctx, job)? {
+            record_unchanged(ctx, &base, &stamp)?;
+            return Ok(Published {
+                dest: snaps.join(&base),
+                stamp: base.clone(),
+                now,
+                before: stamps,
+                unread: Vec::new(),
+                vanished: 0,
+                unchanged_since: Some(base),
+            });
+        }
+    }
     let cmd = snapshots::rsync_backup(&job.sync, fs, &stamp, link.as_deref());
     let out = run.run_streaming(&cmd, progress_reporter())?;
     finish_progress();
-    if out.code == 24 {
-        crate::notice!("some files vanished during the transfer (rsync exit 24); snapshot kept");
+    let vanished = partial::vanished(&out.stderr);
+    if vanished > 0 {
+        crate::notice!(
+            "{vanished} source file(s) vanished during the transfer (deleted after rsync listed them; rsync exit {}); snapshot kept",
+            out.code
+        );
     }
     let unread = if out.code == 23 {
         stand_in_unread(ctx, &stamp, link.as_deref(), &out.stderr)?
@@ -240,7 +286,51 @@ pub(super) fn backup(ctx: &Ctx, job: &Job) -> Result<Published> {
         now,
         before: stamps,
         unread,
+        vanished,
+        unchanged_since: None,
     })
+}
+
+/// `sync.skip_unchanged`: the latest snapshot when the source has not changed since it (see
+/// [`crate::unchanged`]). None when there is no complete latest snapshot, when the probe finds a
+/// difference, or when it cannot tell (a dry run; any error: the backup then runs as usual).
+fn unchanged_base(ctx: &Ctx, job: &Job) -> Result<Option<String>> {
+    let fs = ctx.paths.fs.as_path();
+    let Some(latest) = snapshots::latest(fs) else {
+        return Ok(None);
+    };
+    if partial::unread_count(fs, &latest).is_some() {
+        ctx.run
+            .note("skip_unchanged: the latest snapshot is incomplete, so this run makes a new one");
+        return Ok(None);
+    }
+    let probe = snapshots::rsync_probe(&job.sync, fs, &latest);
+    match ctx.run.first_line(&probe, unchanged::is_change)? {
+        Some(None) => Ok(Some(latest)),
+        Some(Some(line)) => {
+            crate::progress::info(&format!("changed since {latest}: {line}"));
+            Ok(None)
+        }
+        None => {
+            ctx.run.note("skip_unchanged: a run that finds no difference above stops here, recording itself beside the latest snapshot");
+            Ok(None)
+        }
+    }
+}
+
+/// Add run `stamp` to the record beside snapshot `base`: the whole record rewritten beside it,
+/// renamed over, flushed.
+fn record_unchanged(ctx: &Ctx, base: &str, stamp: &str) -> Result<()> {
+    let fs = ctx.paths.fs.as_path();
+    let record = unchanged::record_path(fs, base);
+    let tmp = record.with_extension("unchanged.tmp");
+    ctx.assert_container_mounted()?;
+    std::fs::write(&tmp, unchanged::render(&unchanged::runs(fs, base), stamp))
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    ctx.in_container(vec![
+        Step::run(Cmd::new("mv").arg("-T").arg(&tmp).arg(&record)),
+        Step::run(fsys::sync_fs(fs)),
+    ])
 }
 
 /// An rsync that exited 23 (see [`crate::partial`]): put the previous version in place of each
@@ -290,4 +380,54 @@ fn stand_in_unread(
     steps.push(Step::run(Cmd::new("mv").arg("-T").arg(&tmp).arg(&record)));
     ctx.in_container(steps)?;
     Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `e2e-sync --json`'s schema, pinned: a run with an unread and a vanished file, its figures
+    /// from the run's log; and a run that found nothing changed.
+    #[test]
+    fn json_summary_of_a_run() {
+        let d = tempfile::tempdir().unwrap();
+        let fs = d.path();
+        std::fs::create_dir(fs.join("logs")).unwrap();
+        let stamp = "2026-12-02T03:00:00Z";
+        std::fs::write(
+            snapshots::log_path(fs, stamp),
+            "2026/12/02 03:00:00 [7] building file list\n\
+             2026/12/02 03:00:41 [7] Number of files: 1,203 (reg: 1,190, dir: 13)\n\
+             2026/12/02 03:00:41 [7] Total file size: 1,100,003 bytes\n\
+             2026/12/02 03:00:41 [7] Total transferred file size: 100,003 bytes\n",
+        )
+        .unwrap();
+        let unread = partial::parse(
+            "rsync: [sender] read errors mapping \"/data/bad\": Input/output error (5)\n",
+        )
+        .unwrap();
+        let run = Published {
+            dest: fs.join("snapshots").join(stamp),
+            stamp: stamp.into(),
+            now: 0,
+            before: Vec::new(),
+            unread: vec![(unread[0].clone(), partial::Stand::Stale)],
+            vanished: 2,
+            unchanged_since: None,
+        };
+        let mut s = serde_json::to_value(Summary::of(fs, &run)).unwrap();
+        s["snapshot"] = "/run/e2e-backup/home/fs/snapshots/2026-12-02T03:00:00Z".into();
+        let base = "2026-12-01T03:00:00Z";
+        let skipped = Published {
+            dest: PathBuf::from("/run/e2e-backup/home/fs/snapshots").join(base),
+            stamp: base.into(),
+            now: 0,
+            before: Vec::new(),
+            unread: Vec::new(),
+            vanished: 0,
+            unchanged_since: Some(base.into()),
+        };
+        let u = serde_json::to_value(Summary::of(fs, &skipped)).unwrap();
+        crate::cmd::check_json("sync", &[s, u]);
+    }
 }

@@ -114,3 +114,22 @@ struct Verified {
     extra: Vec<String>,
     read_errors: Vec<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    /// `--verify --json`'s schema, pinned (a mismatch: the object is printed before exit 1).
+    #[test]
+    fn json_report() {
+        let r = super::Verified {
+            snapshot: "/run/e2e-backup/home/fs/snapshots/2026-12-02T03:00:00Z".into(),
+            stamp: "2026-12-02T03:00:00Z".into(),
+            ok: false,
+            files: 1190,
+            changed: vec!["/home/a/report.pdf".into()],
+            missing: vec!["/home/a/gone".into()],
+            extra: vec![],
+            read_errors: vec!["sha256sum: ./home/a/bad: Input/output error".into()],
+        };
+        crate::cmd::check_json("verify", &r);
+    }
+}

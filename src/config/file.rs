@@ -52,6 +52,7 @@ pub struct RawSync {
     pub files_from: Option<Vec<PathBuf>>,
     pub rsync_args: Option<Vec<String>>,
     pub allow_partial: Option<bool>,
+    pub skip_unchanged: Option<bool>,
 }
 
 /// Retention policy, restic/borg semantics (see `snapshots::select_keep`). All zero = keep everything.

@@ -98,6 +98,9 @@ pub struct Sync {
     /// A run whose source files cannot all be read still publishes a snapshot, marked incomplete
     /// (see `partial`); false: it fails and publishes nothing.
     pub allow_partial: bool,
+    /// A run that finds the source equal to the latest (complete) snapshot makes no new one; it
+    /// records the check beside that snapshot instead (see `unchanged`).
+    pub skip_unchanged: bool,
 }
 
 impl Sync {
@@ -308,6 +311,7 @@ fn resolve(job: &str, raw: RawFile, ov: &Overrides, origin: &str) -> Result<Job>
         files_from: s.files_from.unwrap_or_default(),
         rsync_args: s.rsync_args.unwrap_or_default(),
         allow_partial: s.allow_partial.unwrap_or(true),
+        skip_unchanged: s.skip_unchanged.unwrap_or(false),
     };
     if !ov.sources.is_empty() {
         sync.paths = ov.sources.clone();
@@ -402,6 +406,7 @@ mod tests {
             files_from: vec![a.clone()],
             rsync_args: vec![],
             allow_partial: true,
+            skip_unchanged: false,
         };
         assert_eq!(s.all_paths().unwrap(), ["/home", "/srv/db dump"]);
         s.files_from.push(b.clone());

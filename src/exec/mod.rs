@@ -357,6 +357,43 @@ impl Runner {
         Ok(o)
     }
 
+    /// Run a read-only probe until it prints a stdout line `wanted` accepts, then stop it (SIGTERM
+    /// to its process group): `Some(Some(line))`. `Some(None)` when it ended without one, with exit
+    /// code 0; `Ok(None)` when it cannot tell (a dry run, which prints the line; a non-zero exit).
+    /// The probe's own exit code never fails the run: the caller falls back to the real work.
+    pub fn first_line(
+        &self,
+        cmd: &Cmd,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<Option<Option<String>>> {
+        if self.dry_run {
+            self.emit(cmd.script_line());
+            return Ok(None);
+        }
+        let interruptible = self.begin(cmd)?;
+        let mut child = cmd.spawn_piped()?;
+        let step = Running::start(interruptible, &child);
+        // stderr is not read: close it, so a chatty probe can never block on a full pipe.
+        drop(child.stderr.take());
+        let out = std::io::BufReader::new(child.stdout.take().expect("piped"));
+        let mut found = None;
+        for line in std::io::BufRead::split(out, b'\n') {
+            let line = String::from_utf8_lossy(&line?).into_owned();
+            if wanted(&line) {
+                unsafe { nix::libc::kill(-(child.id() as i32), nix::libc::SIGTERM) };
+                found = Some(line);
+                break;
+            }
+        }
+        let status = child.wait()?;
+        step.finish()?;
+        Ok(match found {
+            Some(line) => Some(Some(line)),
+            None if status.code() == Some(0) => Some(None),
+            None => None,
+        })
+    }
+
     /// Start a long-running command (sshfs -f) with stdout/stderr inherited. Dry-run: prints it.
     pub fn spawn(&self, cmd: &Cmd) -> Result<Option<std::process::Child>> {
         if self.dry_run {

@@ -4,7 +4,7 @@ fsck.ext4 -p /dev/mapper/e2e-golden || case $? in 1) ;; *) false ;; esac
 mount -t ext4 -o rw,nosuid,nodev,noinit_itable,errors=remount-ro,data_err=abort /dev/mapper/e2e-golden /run/e2e-backup/golden/fs
 install -d -m 0700 /run/e2e-backup/golden/fs/snapshots /run/e2e-backup/golden/fs/logs /run/e2e-backup/golden/fs/manifests
 # the container is not open yet, so no --link-dest and no pruning are shown
-rsync -aHAX --numeric-ids --delete --delete-excluded --relative --sparse --modify-window=-1 --info=progress2 --stats --timeout=600 --log-file=/run/e2e-backup/golden/fs/logs/STAMP.log --exclude=/run/e2e-backup/ /home /run/e2e-backup/golden/fs/snapshots/STAMP.inflight/ || case $? in 24) ;; *) false ;; esac
+rsync -aHAX --numeric-ids --delete --delete-excluded --relative --sparse --modify-window=-1 --exclude=/run/e2e-backup/ --info=progress2 --stats --timeout=600 --log-file=/run/e2e-backup/golden/fs/logs/STAMP.log /home /run/e2e-backup/golden/fs/snapshots/STAMP.inflight/ || case $? in 24) ;; *) false ;; esac
 # a real run hashes only the files rsync wrote; here, every file
 sh -c 'cd "$1" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0r sha256sum --zero >"$2"' e2e-checksum /run/e2e-backup/golden/fs/snapshots/STAMP.inflight /run/e2e-backup/golden/fs/manifests/STAMP.sha256.tmp
 mv -T /run/e2e-backup/golden/fs/manifests/STAMP.sha256.tmp /run/e2e-backup/golden/fs/manifests/STAMP.sha256
