@@ -24,28 +24,35 @@ check:
 
 # Installs what `make` built; it does not build (so `sudo make install` never runs cargo as root).
 install:
-	@for b in $(BINS); do test -x target/release/$$b || { echo "target/release/$$b missing: run make first" >&2; exit 1; }; done
+	@for b in $(BINS) e2e-backup-generator; do test -x target/release/$$b || { echo "target/release/$$b missing: run make first" >&2; exit 1; }; done
 	$(INSTALL) -d $(DESTDIR)$(BINDIR)
 	for b in $(BINS); do $(INSTALL) -m 0755 target/release/$$b $(DESTDIR)$(BINDIR)/$$b; done
+	$(INSTALL) -d $(DESTDIR)$(GENERATORDIR)
+	$(INSTALL) -m 0755 target/release/e2e-backup-generator $(DESTDIR)$(GENERATORDIR)/e2e-backup-generator
 # Then the units, man pages and completions:
 # systemd units: units/*.in with @BINDIR@ substituted → $(DESTDIR)$(PREFIX)/lib/systemd/system
-# man pages:     man/*.1, man/*.5, man/*.7 → $(DESTDIR)$(PREFIX)/share/man/man{1,5,7}
+# man pages:     man/*.1, man/*.5, man/*.7, man/*.8 → $(DESTDIR)$(PREFIX)/share/man/man{1,5,7,8}
+# generator:     e2e-backup-generator → $(DESTDIR)$(GENERATORDIR) (with the binaries, above)
 # completions:   completions/{bash,zsh,fish} → share/{bash-completion/completions,zsh/site-functions,fish/vendor_completions.d}
 	$(MAKE) --no-print-directory install-units install-man install-completions
 
 uninstall:
 	for b in $(BINS); do rm -f $(DESTDIR)$(BINDIR)/$$b; done
+	rm -f $(DESTDIR)$(GENERATORDIR)/e2e-backup-generator
 
 # Removes what install-units/-man/-completions put in place (`make uninstall uninstall-extras`).
 uninstall-extras:
 	for u in units/*.in; do rm -f $(DESTDIR)$(UNITDIR)/$$(basename $$u .in); done
-	for m in man/*.[157]; do rm -f $(DESTDIR)$(MANDIR)/man$${m##*.}/$$(basename $$m); done
+	for m in man/*.[1578]; do rm -f $(DESTDIR)$(MANDIR)/man$${m##*.}/$$(basename $$m); done
 	for b in $(BINS); do rm -f $(DESTDIR)$(PREFIX)/share/bash-completion/completions/$$b \
 	  $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_$$b $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/$$b.fish; done
 
 # Units, man pages and completions come from the source tree as they are (no build step), and are
 # written only under DESTDIR, so installing from a read-only tree works.
 UNITDIR ?= $(PREFIX)/lib/systemd/system
+# The generator of the browse automounts (e2e-backup-generator(8)); systemd also searches
+# /usr/local/lib/systemd/system-generators.
+GENERATORDIR ?= $(PREFIX)/lib/systemd/system-generators
 MANDIR ?= $(PREFIX)/share/man
 # Tools the sleep-inhibitor unit runs; found on PATH, overridable (e.g. by the Nix package).
 SYSTEMD_INHIBIT ?= $(shell command -v systemd-inhibit || echo /usr/bin/systemd-inhibit)
@@ -59,8 +66,8 @@ install-units:
 	done
 
 install-man:
-	for s in 1 5 7; do $(INSTALL) -d $(DESTDIR)$(MANDIR)/man$$s; done
-	for m in man/*.[157]; do $(INSTALL) -m 0644 $$m $(DESTDIR)$(MANDIR)/man$${m##*.}/; done
+	for s in 1 5 7 8; do $(INSTALL) -d $(DESTDIR)$(MANDIR)/man$$s; done
+	for m in man/*.[1578]; do $(INSTALL) -m 0644 $$m $(DESTDIR)$(MANDIR)/man$${m##*.}/; done
 
 install-completions:
 	$(INSTALL) -d $(DESTDIR)$(PREFIX)/share/bash-completion/completions \

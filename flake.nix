@@ -40,6 +40,7 @@
           trim = test ./nix/tests/trim.nix;
           second-client = test ./nix/tests/second-client.nix;
           failing-job = test ./nix/tests/failing-job.nix;
+          browse = test ./nix/tests/browse.nix;
         });
     };
 }

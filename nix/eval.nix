@@ -41,6 +41,7 @@ let
         default = { };
       };
       systemd.packages = mkOption { type = types.listOf types.package; default = [ ]; };
+      systemd.generators = mkOption { type = types.attrsOf types.path; default = { }; };
       systemd.services = mkOption {
         type = types.attrsOf (types.submodule {
           options = unitCommon // {
@@ -77,9 +78,9 @@ let
   };
 
   cases = {
-    # Two jobs using most options (home: startAt, the hooks, skipUnchanged and dynamicFilesFrom
-    # instead of paths; db: timerConfig, environment, allowPartial = false and its own package),
-    # and a server with two clients and NBD.
+    # Two jobs using most options (home: startAt, the hooks, skipUnchanged, browse and
+    # dynamicFilesFrom instead of paths; db: timerConfig, environment, allowPartial = false and
+    # its own package), and a server with two clients and NBD.
     two-jobs = {
       services.openssh.enable = true;
       services.e2e-backup.jobs = {
@@ -93,6 +94,7 @@ let
           trimAt = "monthly";
           inhibitsSleep = true;
           skipUnchanged = true;
+          browse = { automount = true; idleTimeout = "15min"; };
           prune.keep = { daily = 7; weekly = 4; monthly = 6; within = "2w"; };
           preHook = "echo pre";
           postHook = "echo post $EXIT_STATUS";
@@ -155,6 +157,8 @@ let
         startAt = "hourly";
         randomizedDelaySec = "5m";
         timerConfig = { Persistent = false; };
+        # systemd would take "5m"; the job file takes s, min and h only.
+        browse.idleTimeout = "5m";
       };
       services.e2e-backup.server = {
         enable = true;
@@ -179,6 +183,7 @@ in
   services = c.systemd.services;
   timers = c.systemd.timers;
   packages = map (p: p.outPath) c.systemd.packages;
+  generators = c.systemd.generators;
   kernelModules = c.boot.kernelModules;
   users = c.users.users;
   groups = lib.attrNames c.users.groups;

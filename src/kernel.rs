@@ -89,6 +89,19 @@ impl Kernel {
             .find(|m| m.mountpoint == path)
     }
 
+    /// Every other mount of the filesystem mounted at `path` (the same source device): bind mounts
+    /// of it or of a directory in it, such as the job's browse automount.
+    pub fn other_mounts_of(&self, path: &Path) -> Vec<Mount> {
+        let Some(m) = self.mount_at(path) else {
+            return Vec::new();
+        };
+        let text = std::fs::read_to_string(self.path("/proc/self/mountinfo")).unwrap_or_default();
+        parse_mountinfo(&text)
+            .into_iter()
+            .filter(|o| o.source == m.source && o.fstype == m.fstype && o.mountpoint != path)
+            .collect()
+    }
+
     /// Loop devices whose backing file is `file` (or, with `prefix`, lies below that directory).
     pub fn loops_backed_by(&self, file: &Path, prefix: bool) -> Vec<PathBuf> {
         let mut found = Vec::new();

@@ -66,6 +66,8 @@ fn render(j: &config::Job) -> String {
         ("sync.allow_partial", j.sync.allow_partial.to_string()),
         ("sync.skip_unchanged", j.sync.skip_unchanged.to_string()),
         ("retention", format!("{:?}", j.retention)),
+        ("browse.automount", j.browse.automount.to_string()),
+        ("browse.idle_timeout", j.browse.idle_timeout.clone()),
     ] {
         writeln!(out, "{k}={v}").unwrap();
     }

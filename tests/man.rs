@@ -268,6 +268,7 @@ fn hand_written_pages_exist() {
     for (f, th) in [
         ("man/e2e-backup.toml.5", ".TH E2E-BACKUP.TOML 5"),
         ("man/e2e-backup.7", ".TH E2E-BACKUP 7"),
+        ("man/e2e-backup-generator.8", ".TH E2E-BACKUP-GENERATOR 8"),
     ] {
         let text = std::fs::read_to_string(Path::new(&root()).join(f)).unwrap();
         assert!(text.contains(th), "{f} lacks {th:?}");
@@ -286,6 +287,7 @@ fn job_file_page_covers_every_key() {
         ("RawContainer", "container"),
         ("RawSync", "sync"),
         ("Retention", "retention"),
+        ("RawBrowse", "browse"),
     ] {
         let start = src
             .find(&format!("pub struct {st} {{"))

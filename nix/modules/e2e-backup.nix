@@ -2,7 +2,9 @@
 #
 # Clients use the package's own template units (e2e-mount@, e2e-open@, e2e-sync@, …, see
 # e2e-backup(7)); per job this module writes /etc/e2e-backup/<name>.toml and adds drop-ins to the
-# instances (hooks, key credential, environment, timer schedule). Option names follow
+# instances (hooks, key credential, environment, timer schedule). When a job sets browse.automount,
+# the package's e2e-backup-generator (e2e-backup-generator(8)) is registered: it reads those job
+# files at boot and at each daemon-reload and writes the browse automounts. Option names follow
 # services.borgbackup.jobs and services.restic.backups where the meaning is the same.
 { config, lib, pkgs, ... }:
 
@@ -20,6 +22,8 @@ let
   sizeRe = "[0-9]+([KMGTPEkmgtpe](iB|B)?)?";
   isSize = s: builtins.match sizeRe s != null;
   isSizeOrPercent = s: isSize s || builtins.match "[0-9]+(\\.[0-9]+)?%" s != null;
+  # As src/config/mod.rs time_span: browse.idle_timeout, a systemd TimeoutIdleSec= subset.
+  isTimeSpan = s: builtins.match "[1-9][0-9]*(s|min|h)?" s != null;
   inStore = p: p != null && lib.hasPrefix builtins.storeDir (toString p);
   # Variables the units and the module set themselves (units/*.in, the job file's location).
   reservedEnv = [ "E2E_BACKUP_OUTCOME" "E2E_BACKUP_CONFIG_DIR" ];
@@ -102,6 +106,30 @@ let
           snapshot; it records the run beside that snapshot instead, shown as "unchanged through
           STAMP" by `e2e-sync --list` (sync.skip_unchanged). false: every run makes a snapshot.
         '';
+      };
+      browse = {
+        automount = mkOption {
+          type = types.bool;
+          default = false;
+          description = ''
+            Browse the job's snapshots read-only at /run/e2e-backup/${name}/browse (browse.automount
+            of the job file): a systemd automount, written at boot and at each daemon-reload by
+            e2e-backup-generator (of services.e2e-backup.package, which this turns on), mounts
+            them on first access, which brings the stack up (e2e-open@${name}, e2e-mount@${name}),
+            and unmounts them after browse.idleTimeout without use, which lets the stack unwind. A
+            backup may run meanwhile: it shares the open stack and leaves it open for the browser.
+          '';
+        };
+        idleTimeout = mkOption {
+          type = types.str;
+          default = "10min";
+          example = "1h";
+          description = ''
+            How long the browse mount stays without use before it is unmounted (browse.idle_timeout,
+            the automount's TimeoutIdleSec=): a whole number > 0, in seconds or followed by s, min
+            or h, e.g. "15min".
+          '';
+        };
       };
       startAt = mkOption {
         type = with types; either str (listOf str);
@@ -351,6 +379,10 @@ let
       keep_monthly = job.prune.keep.monthly;
       keep_yearly = job.prune.keep.yearly;
     } // optionalAttrs (job.prune.keep.within != null) { keep_within = job.prune.keep.within; };
+    browse = {
+      inherit (job.browse) automount;
+      idle_timeout = job.browse.idleTimeout;
+    };
   };
 
   # Where the dynamicFilesFrom command's output goes: outside /run/e2e-backup/<name>/, which the
@@ -516,6 +548,10 @@ let
       message = "services.e2e-backup.jobs.${name}.container: serverReserve must be a size, autoGrowFree and autoGrowStep sizes or percentages (\"10%\").";
     }
     {
+      assertion = isTimeSpan job.browse.idleTimeout;
+      message = "services.e2e-backup.jobs.${name}.browse.idleTimeout = \"${job.browse.idleTimeout}\" is not a time span the job file takes: a whole number > 0, alone (seconds) or followed by s, min or h, e.g. \"10min\".";
+    }
+    {
       assertion = job.container.file == null
         || (builtins.match "[^/.\n][^/\n]*" job.container.file != null);
       message = "services.e2e-backup.jobs.${name}.container.file must be a plain file name (no '/', not starting with '.').";
@@ -649,6 +685,12 @@ in
         lib.nameValuePair "e2e-backup/${name}.toml" { source = jobFile name job; }) cfg.jobs;
       systemd.services = mkMerge (mapAttrsToList jobServices cfg.jobs);
       systemd.timers = mkMerge (mapAttrsToList jobTimer cfg.jobs);
+      # The browse automounts: mount units are named after their paths, so a generator writes them
+      # from the job files in /etc/e2e-backup (where environment.etc above puts them, the
+      # generator's default directory). Hosts without such a job do not run it.
+      systemd.generators = mkIf (lib.any (job: job.browse.automount) (attrValues cfg.jobs)) {
+        e2e-backup-generator = "${cfg.package}/lib/systemd/system-generators/e2e-backup-generator";
+      };
       boot.kernelModules = [ "loop" "dm_crypt" "fuse" ];
     })
 

@@ -1,5 +1,6 @@
-# The e2e-backup package: the six binaries (wrapped so the tools they run are found on NixOS),
-# systemd units, man pages and shell completions, installed by the project's own `make install`.
+# The e2e-backup package: the seven binaries (wrapped so the tools they run are found on NixOS),
+# the systemd generator of the browse automounts, systemd units, man pages and shell completions,
+# installed as the project's own `make install` does.
 { lib
 , rustPlatform
 , makeWrapper
@@ -44,6 +45,9 @@ rustPlatform.buildRustPackage {
     done
     make install-units install-man install-completions PREFIX=$out BINDIR=$out/bin \
       SYSTEMD_INHIBIT=${systemd}/bin/systemd-inhibit SLEEP=${coreutils}/bin/sleep
+    # Where `make install` puts the generator (GENERATORDIR); it runs no tools, so no wrapper.
+    mkdir -p $out/lib/systemd/system-generators
+    mv $out/bin/e2e-backup-generator $out/lib/systemd/system-generators/
     for b in $out/bin/e2e-*; do
       wrapProgram $b --prefix PATH : ${lib.makeBinPath [
         sshfs fuse3 openssh cryptsetup util-linux e2fsprogs rsync nbd coreutils

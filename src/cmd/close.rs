@@ -3,7 +3,7 @@
 use crate::cli::CloseCli;
 use crate::error::{code_of, fail, Code};
 use crate::outcome;
-use crate::stack::close::teardown;
+use crate::stack::close::{held_elsewhere, teardown};
 use crate::stack::{lock, Ctx};
 use anyhow::Result;
 use std::path::PathBuf;
@@ -29,7 +29,15 @@ pub fn close(cli: CloseCli) -> Result<Option<PathBuf>> {
         }
         l => l?,
     };
-    let r = teardown(&ctx, cli.keep_remote);
+    // A backup while someone browses: the stack is theirs now; judge the run, close nothing.
+    let held = cli.outcome.then(|| held_elsewhere(&ctx)).flatten();
+    if let Some(why) = &held {
+        crate::notice!("{why}");
+    }
+    let r = match held {
+        Some(_) => Ok(()),
+        None => teardown(&ctx, cli.keep_remote),
+    };
     if r.is_err() {
         // Nothing closed under that run (its filesystem was in use, say): it has nothing to learn.
         let _ = std::fs::remove_file(&ctx.paths.forced);

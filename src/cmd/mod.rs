@@ -3,6 +3,7 @@
 
 mod close;
 mod diff;
+pub mod generator;
 #[cfg(test)]
 mod golden;
 mod grow;

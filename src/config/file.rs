@@ -17,6 +17,15 @@ pub struct RawFile {
     pub sync: RawSync,
     #[serde(default)]
     pub retention: Retention,
+    #[serde(default)]
+    pub browse: RawBrowse,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBrowse {
+    pub automount: Option<bool>,
+    pub idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -147,6 +147,32 @@ pub struct Job {
     pub container: Container,
     pub sync: Sync,
     pub retention: Retention,
+    pub browse: Browse,
+}
+
+/// Browsing the snapshots on demand: e2e-backup-generator writes an automount at
+/// /run/e2e-backup/JOB/browse for a job that asks for it (see `cmd::generator`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Browse {
+    pub automount: bool,
+    /// systemd's TimeoutIdleSec= of the automount, as written (`N`, `Ns`, `Nmin` or `Nh`).
+    pub idle_timeout: String,
+}
+
+impl Default for Browse {
+    fn default() -> Self {
+        Browse {
+            automount: false,
+            idle_timeout: "10min".into(),
+        }
+    }
+}
+
+/// `N`, `Ns`, `Nmin` or `Nh` with N > 0: the subset of systemd's time spans a job file may give.
+fn time_span(s: &str) -> bool {
+    let unit = s.trim_start_matches(|c: char| c.is_ascii_digit());
+    let n = &s[..s.len() - unit.len()];
+    !n.is_empty() && !n.starts_with('0') && ["", "s", "min", "h"].contains(&unit)
 }
 
 /// Where the job file of `job` is: `--config`, else `--config-dir`/$E2E_BACKUP_CONFIG_DIR/default dir.
@@ -338,7 +364,24 @@ fn resolve(job: &str, raw: RawFile, ov: &Overrides, origin: &str) -> Result<Job>
             ));
         }
     }
+    let browse = Browse {
+        automount: raw.browse.automount.unwrap_or(false),
+        idle_timeout: raw
+            .browse
+            .idle_timeout
+            .unwrap_or_else(|| Browse::default().idle_timeout),
+    };
+    if !time_span(&browse.idle_timeout) {
+        return Err(bad(
+            "browse.idle_timeout",
+            format!(
+                "{:?} is not a time span: write a whole number and s, min or h (e.g. \"10min\")",
+                browse.idle_timeout
+            ),
+        ));
+    }
     Ok(Job {
+        browse,
         name: job.to_string(),
         origin: origin.to_string(),
         remote,
@@ -509,6 +552,37 @@ keep_daily = 7
         assert_eq!(crate::error::code_of(&e), Code::Config);
         let e = res("[remot]\nhost='x'\n", &Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("unknown key `remot`"), "{e}");
+    }
+
+    #[test]
+    fn browse_idle_timeout_is_a_plain_time_span() {
+        assert_eq!(
+            res(FULL, &Overrides::default()).unwrap().browse,
+            Browse::default()
+        );
+        for ok in ["90", "30s", "15min", "2h"] {
+            let j = res(
+                &format!("{FULL}\n[browse]\nautomount = true\nidle_timeout = \"{ok}\"\n"),
+                &Overrides::default(),
+            )
+            .unwrap();
+            assert_eq!(
+                (j.browse.automount, j.browse.idle_timeout.as_str()),
+                (true, ok)
+            );
+        }
+        for bad in ["", "0", "10 min", "5m", "1d", "-3s", "07s"] {
+            let e = res(
+                &format!("{FULL}\n[browse]\nidle_timeout = \"{bad}\"\n"),
+                &Overrides::default(),
+            )
+            .unwrap_err();
+            assert!(
+                e.to_string().contains("browse.idle_timeout: "),
+                "{bad}: {e}"
+            );
+            assert_eq!(crate::error::code_of(&e), Code::Config);
+        }
     }
 
     #[test]

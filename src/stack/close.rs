@@ -2,7 +2,7 @@
 
 use super::{Ctx, Stack};
 use crate::container as ct;
-use crate::error::{Code, Fail};
+use crate::error::{fail, Code, Fail};
 use crate::exec::{Arg, Cmd, Step};
 use crate::filesystem as fsys;
 use crate::paths::JobPaths;
@@ -186,6 +186,9 @@ pub(crate) fn teardown(ctx: &Ctx, keep_remote: bool) -> Result<()> {
         );
         remote::fence(run, p, ctx.port.get())?;
     }
+    if let Some(why) = held_elsewhere(ctx) {
+        return Err(fail(Code::Locked, format!("{why}; nothing closed")));
+    }
     unmount_fs(ctx, false)?;
     run.all(close_plan(p, &KernelView::read(p)))?;
     if !keep_remote {
@@ -196,6 +199,20 @@ pub(crate) fn teardown(ctx: &Ctx, keep_remote: bool) -> Result<()> {
         let _ = std::fs::remove_file(&p.owner);
     }
     Ok(())
+}
+
+/// The job's filesystem is also mounted elsewhere (the browse automount's bind mount, or one made by
+/// hand): unmounting fs/ would leave the mapping busy under that mount, so the stack stays. The
+/// line says where and how it goes.
+pub(crate) fn held_elsewhere(ctx: &Ctx) -> Option<String> {
+    let p = &ctx.paths;
+    let others = p.kernel.other_mounts_of(&p.fs);
+    let first = others.first()?;
+    Some(format!(
+        "{} is also mounted at {} (browsing through the job's automount, or a bind mount): the stack stays open until that is unmounted (the automount does so after browse.idle_timeout without use; or umount it)",
+        p.fs.display(),
+        first.mountpoint.display()
+    ))
 }
 
 /// What the kernel shows of one job's layers below its ext4 mount.

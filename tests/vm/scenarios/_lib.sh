@@ -39,7 +39,7 @@ new_job() {
     v[$k]=${kv#*=}
   done
   {
-    for s in remote container sync retention; do
+    for s in remote container sync retention browse; do
       local head="[$s]"
       for k in "${order[@]}"; do
         [[ $k == "$s".* && -n ${v[$k]} ]] || continue
