@@ -143,6 +143,14 @@ impl Kernel {
         Some(s)
     }
 
+    /// The LUKS UUID of the container behind the crypt mapping `dm_name`, from the UUID cryptsetup
+    /// gave the mapping (`CRYPT-LUKS2-<32 hex digits>-<name>` in sysfs): what `cryptsetup luksUUID`
+    /// reads from the header on the server, without reading it.
+    pub fn dm_luks_uuid(&self, dm_name: &str) -> Option<String> {
+        let u = std::fs::read_to_string(self.dm_dir(dm_name)?.join("dm/uuid")).ok()?;
+        luks_uuid_of_dm(u.trim())
+    }
+
     /// Whether the device-mapper device is read-only (`ro` in sysfs: opened with --readonly).
     pub fn dm_read_only(&self, dm_name: &str) -> Option<bool> {
         let ro = std::fs::read_to_string(self.dm_dir(dm_name)?.join("ro")).ok()?;
@@ -252,6 +260,25 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// `CRYPT-LUKS2-0123…ef-e2e-home` → `01234567-89ab-cdef-0123-456789abcdef`.
+fn luks_uuid_of_dm(dm_uuid: &str) -> Option<String> {
+    let rest = dm_uuid
+        .strip_prefix("CRYPT-LUKS2-")
+        .or_else(|| dm_uuid.strip_prefix("CRYPT-LUKS1-"))?;
+    let hex = rest.get(..32)?;
+    if !hex.bytes().all(|b| b.is_ascii_hexdigit()) || rest.as_bytes().get(32) != Some(&b'-') {
+        return None;
+    }
+    Some(format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    ))
+}
+
 pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
     text.lines()
         .filter_map(|l| {
@@ -298,6 +325,17 @@ pub fn orphan_ports(tcp_tables: &str, port: u16) -> Vec<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn luks_uuid_from_the_mapping_uuid() {
+        assert_eq!(
+            luks_uuid_of_dm("CRYPT-LUKS2-3b5c1a6e0f9d4c2a8e7f6b5a4c3d2e1f-e2e-home").as_deref(),
+            Some("3b5c1a6e-0f9d-4c2a-8e7f-6b5a4c3d2e1f")
+        );
+        for bad in ["", "CRYPT-PLAIN-e2e-home", "CRYPT-LUKS2-3b5c-e2e-home", "LVM-x"] {
+            assert_eq!(luks_uuid_of_dm(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn views_read_under_the_root() {

@@ -134,10 +134,18 @@ impl Ctx {
         })
     }
 
-    /// The container's LUKS UUID (`cryptsetup luksUUID`, read from the header: no key needed).
+    /// The container's LUKS UUID: from the open mapping's UUID in sysfs (free), else
+    /// `cryptsetup luksUUID` (read from the header on the server: no key needed).
     pub(crate) fn luks_uuid(&self, job: &Job) -> Result<Option<String>> {
         if let Some(u) = self.uuid.get() {
             return Ok(u.clone());
+        }
+        if let Some(u) = (!self.run.is_dry())
+            .then(|| self.paths.kernel.dm_luks_uuid(&self.paths.dm_name))
+            .flatten()
+        {
+            let _ = self.uuid.set(Some(u.clone()));
+            return Ok(Some(u));
         }
         let out = self.run.query(&ct::luks_uuid(&self.container_file(job)))?;
         let u = out.map(|o| o.trim().to_string()).filter(|u| !u.is_empty());
