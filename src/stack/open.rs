@@ -199,8 +199,6 @@ fn open_container(
     if !blind {
         ct::check_access(&file, &job.remote.user, false)?;
     }
-    run.run(&ct::is_luks(&file))
-        .map_err(|e| explain_lost_link(ctx, &job.remote.host, e, true))?;
     if !read_only && !blind {
         ct::check_access(&file, &job.remote.user, true)?;
     }
@@ -208,9 +206,20 @@ fn open_container(
         read_only,
         allow_discards: false,
     };
-    let lp = ct::attach_open(run, undo, &file, existing_loop, key, &p.dm_name, &opts)?;
-    stack.loop_dev = Some(lp);
-    Ok(())
+    // `cryptsetup isLuks` only after a failed open (a diagnosis, not a step of every run): a file
+    // that is not LUKS fails `cryptsetup open` anyway, whose undo detaches the loop again; isLuks
+    // then says what the file is, or that the link is gone.
+    match ct::attach_open(run, undo, &file, existing_loop, key, &p.dm_name, &opts) {
+        Ok(lp) => {
+            stack.loop_dev = Some(lp);
+            Ok(())
+        }
+        Err(e) => {
+            run.run(&ct::is_luks(&file))
+                .map_err(|e| explain_lost_link(ctx, &job.remote.host, e, true))?;
+            Err(e)
+        }
+    }
 }
 
 /// A read-only open of a container whose journal needs recovery (a run cut off, a crash): the

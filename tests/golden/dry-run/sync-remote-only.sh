@@ -1,6 +1,5 @@
 set -e
 # a real run first checks that the mounted remote answers, and tears the stack down if not
-cryptsetup isLuks /run/e2e-backup/golden/remote/golden.luks
 loop=$(losetup -f --show --direct-io=on /run/e2e-backup/golden/remote/golden.luks)
 cryptsetup open --key-file $KEYDIR/k "$loop" e2e-golden
 fsck.ext4 -p /dev/mapper/e2e-golden || case $? in 1) ;; *) false ;; esac
