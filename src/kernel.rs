@@ -332,7 +332,12 @@ mod tests {
             luks_uuid_of_dm("CRYPT-LUKS2-3b5c1a6e0f9d4c2a8e7f6b5a4c3d2e1f-e2e-home").as_deref(),
             Some("3b5c1a6e-0f9d-4c2a-8e7f-6b5a4c3d2e1f")
         );
-        for bad in ["", "CRYPT-PLAIN-e2e-home", "CRYPT-LUKS2-3b5c-e2e-home", "LVM-x"] {
+        for bad in [
+            "",
+            "CRYPT-PLAIN-e2e-home",
+            "CRYPT-LUKS2-3b5c-e2e-home",
+            "LVM-x",
+        ] {
             assert_eq!(luks_uuid_of_dm(bad), None, "{bad}");
         }
     }
