@@ -16,6 +16,7 @@ pub mod partial;
 pub mod paths;
 pub mod progress;
 pub mod remote;
+pub mod retention;
 pub mod rollback;
 pub mod size;
 pub mod snapshots;

@@ -9,7 +9,8 @@ use crate::filesystem as fsys;
 use crate::manifest;
 use crate::partial;
 use crate::progress::print_stdout;
-use crate::snapshots::{self, Verdict, PRUNING};
+use crate::retention::{self, Verdict};
+use crate::snapshots::{self, PRUNING};
 use crate::stack::{with_stack, Ctx};
 use crate::timefmt;
 use crate::unchanged;
@@ -23,7 +24,7 @@ pub(crate) fn verdicts(
     policy: &Retention,
     protect: Option<&str>,
 ) -> Vec<Verdict> {
-    let mut v = snapshots::decide(stamps, policy);
+    let mut v = retention::decide(stamps, policy);
     v.reverse();
     for d in &mut v {
         if Some(d.stamp.as_str()) == protect && d.rules.is_empty() {

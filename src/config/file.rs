@@ -64,7 +64,7 @@ pub struct RawSync {
     pub skip_unchanged: Option<bool>,
 }
 
-/// Retention policy, restic/borg semantics (see `snapshots::select_keep`). All zero = keep everything.
+/// Retention policy, restic/borg semantics (see `retention::select_keep`). All zero = keep everything.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Retention {

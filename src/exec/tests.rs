@@ -1,0 +1,108 @@
+use super::*;
+use crate::error::{Code, Fail};
+
+#[test]
+fn quoting() {
+    assert_eq!(quote("abc/d-e_f.g"), "abc/d-e_f.g");
+    assert_eq!(quote(""), "''");
+    assert_eq!(quote("a b"), "'a b'");
+    assert_eq!(quote("it's"), r"'it'\''s'");
+    assert_eq!(quote("$HOME"), "'$HOME'");
+    assert_eq!(quote("*.cache"), "'*.cache'");
+    assert_eq!(quote("--exclude=x"), "--exclude=x");
+    assert_eq!(quote("a\nb"), "'a\nb'");
+}
+
+#[test]
+fn render_with_var_env_and_codes() {
+    let c = Cmd::new("cryptsetup")
+        .env("LANG", "C")
+        .arg("open")
+        .arg(Arg::Var("loop"))
+        .arg("e2e-my job")
+        .ok_code(24);
+    assert_eq!(c.render(), "LANG=C cryptsetup open \"$loop\" 'e2e-my job'");
+    assert_eq!(
+        c.script_line(),
+        "LANG=C cryptsetup open \"$loop\" 'e2e-my job' || case $? in 24) ;; *) false ;; esac"
+    );
+}
+
+/// A step that keeps making progress outlives the limit; one that makes none is killed.
+#[test]
+fn deadline_moves_with_progress() {
+    let r = Runner::new(false, false);
+    let ticks = std::cell::Cell::new(0u64);
+    let moving = || {
+        ticks.set(ticks.get() + 1);
+        Some(ticks.get())
+    };
+    let t = Instant::now();
+    let (two, ten) = (Duration::from_secs(2), Duration::from_secs(10));
+    let out = r.run_until_stalled(&Cmd::new("sleep").arg("3"), two, ten, &moving);
+    assert!(out.unwrap().is_some(), "killed although progressing");
+    assert!(t.elapsed() >= Duration::from_secs(3));
+    let t = Instant::now();
+    let out = r.run_until_stalled(&Cmd::new("sleep").arg("30"), two, ten, &|| Some(7));
+    assert!(out.unwrap().is_none(), "a stalled step must be killed");
+    assert!(t.elapsed() < Duration::from_secs(8));
+    // Progress does not extend it beyond the cap.
+    let t = Instant::now();
+    let three = Duration::from_secs(3);
+    let out = r.run_until_stalled(&Cmd::new("sleep").arg("30"), two, three, &moving);
+    assert!(out.unwrap().is_none(), "the cap must hold");
+    assert!(t.elapsed() < Duration::from_secs(9));
+}
+
+#[test]
+fn dry_run_script() {
+    let r = Runner::buffered();
+    let v = r
+        .capture(&Cmd::new("losetup").args(["-f", "--show", "f"]), "loop")
+        .unwrap();
+    r.run(&Cmd::new("losetup").arg("-d").arg(&v)).unwrap();
+    r.note("done");
+    assert_eq!(
+        r.script(),
+        vec![
+            "set -e",
+            "loop=$(losetup -f --show f)",
+            "losetup -d \"$loop\"",
+            "# done"
+        ]
+    );
+}
+
+#[test]
+fn real_run_and_error_mapping() {
+    let r = Runner::new(false, false);
+    let o = r.run(&Cmd::new("sh").args(["-c", "echo hi"])).unwrap();
+    assert_eq!(o.stdout, "hi\n");
+    let e = r
+        .run(&Cmd::new("sh").args(["-c", "echo boom >&2; exit 3"]))
+        .unwrap_err();
+    assert_eq!(e.to_string(), "sh failed with exit code 3: boom");
+    let e = r
+        .run(
+            &Cmd::new("sh")
+                .args(["-c", "exit 2"])
+                .on_fail(|rc, _| (rc == 2).then(|| Fail::new(Code::Refused, "wrong key"))),
+        )
+        .unwrap_err();
+    assert_eq!(crate::error::code_of(&e), Code::Refused);
+    r.run(&Cmd::new("sh").args(["-c", "exit 24"]).ok_code(24))
+        .unwrap();
+    let e = r.run(&Cmd::new("no-such-program-e2e")).unwrap_err();
+    assert!(e.to_string().contains("not found"), "{e}");
+}
+
+#[test]
+fn streaming_splits_on_cr() {
+    let r = Runner::new(false, false);
+    let mut seen = Vec::new();
+    r.run_streaming(&Cmd::new("printf").arg(r"a\rb\nc"), |l| {
+        seen.push(l.to_string())
+    })
+    .unwrap();
+    assert_eq!(seen, vec!["a", "b", "c"]);
+}
