@@ -106,3 +106,44 @@ fn streaming_splits_on_cr() {
     .unwrap();
     assert_eq!(seen, vec!["a", "b", "c"]);
 }
+
+/// The probe of skip_unchanged: stops at the first wanted line (its process group is stopped,
+/// not waited out), and cannot tell from a non-zero exit or a dry run.
+#[test]
+fn first_line_stops_the_probe_at_the_first_match() {
+    let r = Runner::new(false, false);
+    let t0 = std::time::Instant::now();
+    let got = r
+        .first_line(
+            &Cmd::new("sh").args(["-c", "echo header; echo '>f x'; sleep 30; echo late"]),
+            |l| l.starts_with('>'),
+        )
+        .unwrap();
+    assert_eq!(got, Some(Some(">f x".to_string())));
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(20),
+        "the probe was waited out"
+    );
+    let none = r
+        .first_line(&Cmd::new("sh").args(["-c", "echo header"]), |l| {
+            l.starts_with('>')
+        })
+        .unwrap();
+    assert_eq!(none, Some(None));
+    let failed = r
+        .first_line(&Cmd::new("sh").args(["-c", "echo header; exit 23"]), |l| {
+            l.starts_with('>')
+        })
+        .unwrap();
+    assert_eq!(failed, None);
+    // A probe that writes to stderr (closed) cannot block on it: it fails, and the run cannot tell.
+    let noisy = r
+        .first_line(&Cmd::new("sh").args(["-c", "yes warning >&2"]), |l| {
+            l.starts_with('>')
+        })
+        .unwrap();
+    assert_eq!(noisy, None);
+    let dry = Runner::buffered();
+    assert_eq!(dry.first_line(&Cmd::new("true"), |_| true).unwrap(), None);
+    assert_eq!(dry.script().last().map(String::as_str), Some("true"));
+}
