@@ -5,7 +5,7 @@ BINDIR ?= $(PREFIX)/bin
 CARGO ?= cargo
 INSTALL ?= install
 
-BINS = e2e-mount e2e-open e2e-sync e2e-grow e2e-trim e2e-close e2e-setup
+BINS = e2e-mount e2e-open e2e-sync e2e-grow e2e-trim e2e-close e2e-setup e2e-keep
 
 .PHONY: all build test check install uninstall clean install-units install-man install-completions uninstall-extras
 

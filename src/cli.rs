@@ -196,6 +196,11 @@ pub struct SyncCli {
     /// Do not prune old snapshots after syncing
     #[arg(long)]
     pub no_prune: bool,
+    /// Read a copy the server keeps (e2e-keep(1)) instead of the live container: the one of STAMP,
+    /// at history/<container.file>/STAMP.luks in the job's remote directory; with --list, --restore,
+    /// --verify, --diff or --history (read-only; the job must not be open)
+    #[arg(long, value_name = "STAMP", conflicts_with_all = ["prune", "create", "skip_unchanged"])]
+    pub from_copy: Option<String>,
     /// Make no new snapshot when nothing changed since the latest one, as sync.skip_unchanged =
     /// true: the run is recorded beside that snapshot ("unchanged through", in --list)
     #[arg(long, conflicts_with_all = ["restore", "list", "verify", "prune", "diff", "history"])]
@@ -330,4 +335,65 @@ pub struct SetupCli {
     /// /etc/ssh/ssh_host_ed25519_key.pub` on the server) to confirm without a prompt
     #[arg(long, value_name = "SHA256:...")]
     pub fingerprint: Option<String>,
+}
+
+/// On the SERVER: keep read-only copies of the clients' containers, out of the clients' reach.
+///
+/// Run by root after a client's session (e2e-keep@.timer), for one client's directory STORE (the
+/// SFTP account's writable tree): each container file *.luks in it that is quiescent (no process
+/// of --user runs, and it has not changed for --settle seconds) and changed since its newest copy is
+/// copied by reflink (`cp --reflink=always`: constant time, no space until the live file changes)
+/// to INTO/<FILE>/<STAMP>.luks, mode 0444, owned by root: the client's account can neither
+/// delete, rename nor write it. A filesystem that cannot reflink (or INTO on another filesystem)
+/// is refused with one line; --full-copy copies whole instead. INTO must not lie inside STORE.
+/// Before each copy it compares the container with the newest copy: truncated, its LUKS header gone
+/// or replaced (another LUKS UUID), or its allocated bytes down to less than half are reported at
+/// priority err, the copy from before is kept whatever the retention says (a `.keep` file beside
+/// it), and the run exits 4 (so an OnFailure= unit tells someone). Retention (--keep-*) runs on the
+/// server's clock. Prints the path of each new copy.
+#[derive(Debug, Parser)]
+#[command(name = "e2e-keep", version, after_help = after_help(""))]
+pub struct KeepCli {
+    /// The client's directory: the SFTP account's writable tree, holding its *.luks containers
+    #[arg(value_name = "STORE")]
+    pub store: PathBuf,
+    /// Where the copies go (outside STORE; on the same XFS or btrfs filesystem for reflinks)
+    #[arg(long, value_name = "DIR")]
+    pub into: PathBuf,
+    /// The client's account: no copy while a process of it runs (its session is still open)
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Seconds a container must be unchanged before it is copied
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub settle: i64,
+    /// Copy whole where a reflink is not possible (writes the container's allocated size every time)
+    #[arg(long)]
+    pub full_copy: bool,
+    /// Exit 4 with a line at priority err when a container's newest copy is older than this (a
+    /// client that has not completed a session), e.g. 2d; 0 = never
+    #[arg(long, value_name = "DURATION", default_value = "0")]
+    pub alert_after: String,
+    /// Retention of the copies, by the server's clock (as [retention] in e2e-backup.toml(5)); none
+    /// given keeps every copy
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_last: u32,
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_hourly: u32,
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_daily: u32,
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_weekly: u32,
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_monthly: u32,
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_yearly: u32,
+    /// Print the commands that would run, as a script; run none
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also show the output of the commands run
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// Only warnings and errors on stderr
+    #[arg(short, long, conflicts_with = "verbose")]
+    pub quiet: bool,
 }

@@ -5,7 +5,8 @@
 use clap::CommandFactory;
 use clap_complete::Shell;
 use e2e_backup::cli::{
-    CloseCli, GrowCli, MountCli, OpenCli, SetupCli, SyncCli, TrimCli, ENVIRONMENT, TRIM_NOTES,
+    CloseCli, GrowCli, KeepCli, MountCli, OpenCli, SetupCli, SyncCli, TrimCli, ENVIRONMENT,
+    TRIM_NOTES,
 };
 use e2e_backup::error::exit_status;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ fn commands() -> Vec<clap::Command> {
         TrimCli::command(),
         CloseCli::command(),
         SetupCli::command(),
+        KeepCli::command(),
     ]
 }
 
@@ -172,6 +174,10 @@ complete -c NAME -n 'not string match -q -- "-*" (commandline -ct)' -a '(__e2e_b
 /// clap's completion, plus the job names for the JOB argument (clap cannot know them).
 fn with_job_names(shell: Shell, cmd: &clap::Command, text: &str) -> String {
     let name = cmd.get_name();
+    // e2e-keep runs on the server and takes a directory, not a job.
+    if !cmd.get_positionals().any(|a| a.get_id() == "job") {
+        return text.to_string();
+    }
     match shell {
         Shell::Bash => {
             let f = text

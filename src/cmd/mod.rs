@@ -8,6 +8,7 @@ pub mod generator;
 mod golden;
 mod grow;
 mod history;
+mod keep;
 mod list;
 mod mount;
 mod open;
@@ -20,6 +21,7 @@ mod verify;
 
 pub use close::close;
 pub use grow::grow;
+pub use keep::keep;
 pub use mount::mount;
 pub use open::open;
 pub use setup::setup;

@@ -18,7 +18,11 @@ use std::path::PathBuf;
 
 pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
     let ctx = Ctx::new(&cli.common)?;
-    let job = ctx.job()?;
+    let mut job = ctx.job()?;
+    if let Some(stamp) = &cli.from_copy {
+        job.container.file = from_copy(&ctx, &cli, &job, stamp)?;
+    }
+    let job = job;
     let _lock = lock(&ctx)?;
     ctx.accept_rollback.set(cli.accept_rollback);
     if let Some(r) = &cli.restore {
@@ -97,6 +101,44 @@ pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
         ));
     }
     Ok(summary.is_none().then_some(dest))
+}
+
+/// `--from-copy STAMP`: the copy's path in the job's remote directory, after the checks that it
+/// can be read in place of the live container (a read-only mode; the job not open: the open stack
+/// would be the live container's).
+fn from_copy(ctx: &Ctx, cli: &SyncCli, job: &Job, stamp: &str) -> Result<String> {
+    if timefmt::parse_stamp(stamp).is_none() {
+        return Err(fail(
+            Code::Config,
+            format!("--from-copy {stamp:?}: not a copy's stamp (YYYY-MM-DDTHH:MM:SSZ, as the server's history/ lists them)"),
+        ));
+    }
+    let read_only = cli.list
+        || cli.restore.is_some()
+        || cli.verify.is_some()
+        || cli.diff.is_some()
+        || cli.history.is_some();
+    if !read_only {
+        return Err(fail(
+            Code::Config,
+            "--from-copy reads a copy: give it with --list, --restore, --verify, --diff or --history (a backup goes to the live container only)",
+        ));
+    }
+    let p = &ctx.paths;
+    if ctx.fs_mounted() || p.kernel.dm_slaves(&p.dm_name).is_some() {
+        return Err(fail(
+            Code::Locked,
+            format!(
+                "job {} is open: close it first (e2e-close {}); --from-copy opens the copy in its place",
+                job.name, job.name
+            ),
+        ));
+    }
+    Ok(format!(
+        "{}{}/{stamp}.luks",
+        crate::stack::COPIES,
+        job.container.file
+    ))
 }
 
 /// A sync's result as `e2e-sync --json` prints it (docs/contract.md).

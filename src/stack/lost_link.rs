@@ -25,14 +25,28 @@ pub(crate) fn explain_lost_link(
         Code::Refused => refused,
         _ => false,
     };
-    // libfuse detaches the mount (lazily) when sshfs exits on a dead link, so "no longer mounted"
-    // counts as lost too, once this run had seen it mounted.
-    let lost = ctx.remote_seen.get()
-        && (!remote::is_mounted(&ctx.paths)
-            || !remote::responsive(&ctx.paths, Duration::from_secs(15)));
     if !candidate || ctx.run.is_dry() {
         return e;
     }
+    // libfuse detaches the mount (lazily) when sshfs exits on a dead link, so "no longer mounted"
+    // counts as lost too, once this run had seen it mounted. The step's I/O error can come a moment
+    // before sshfs has gone (it fails the requests it has, then exits): a few seconds to see it go,
+    // before a statfs that still answers is taken for a link that works.
+    let lost = ctx.remote_seen.get() && {
+        let gone = || {
+            !remote::is_mounted(&ctx.paths)
+                || remote::sshfs_pids(&ctx.paths.kernel, &ctx.paths.remote).is_empty()
+        };
+        let mut went = gone();
+        for _ in 0..6 {
+            if went {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            went = gone();
+        }
+        went || !remote::responsive(&ctx.paths, Duration::from_secs(15))
+    };
     if std::fs::remove_file(&ctx.paths.forced).is_ok() {
         // Not the link: e2e-close --force took the stack down under this run.
         return fail(

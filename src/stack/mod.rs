@@ -43,6 +43,10 @@ pub struct Ctx {
     pub(crate) uuid: std::cell::OnceCell<Option<String>>,
 }
 
+/// Where the server shows its copies of the job's containers (e2e-keep(1)), in the job's remote
+/// directory: `history/<container file>/<STAMP>.luks`, read-only.
+pub const COPIES: &str = "history/";
+
 impl Ctx {
     pub fn new(common: &Common) -> Result<Self> {
         crate::progress::set_quiet(common.quiet);
@@ -168,7 +172,8 @@ impl Ctx {
     /// Is this the container, and the history, this host last wrote? Checked on every open that
     /// reads or writes snapshots (sync, list, restore, verify); refuses with exit 4 otherwise.
     pub(crate) fn check_history(&self, job: &Job) -> Result<()> {
-        if self.run.is_dry() || !self.fs_mounted() {
+        // A server-held copy is older than what this host wrote, by design (e2e-sync --from-copy).
+        if self.run.is_dry() || !self.fs_mounted() || job.container.file.starts_with(COPIES) {
             return Ok(());
         }
         let state = rollback::state_file(&job.name);

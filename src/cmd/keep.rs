@@ -1,0 +1,406 @@
+//! e2e-keep (on the server): read-only copies of a client's containers, kept where its account
+//! cannot reach them, with retention on the server's clock and an eye on suspicious changes.
+//!
+//! Order for each container, so that a cut at any instant leaves every earlier copy as it was:
+//! 1. compare it with its newest copy (size, LUKS header, allocation): a suspicious change marks
+//!    that copy `.keep` (never pruned) before anything else happens;
+//! 2. `cp --reflink=always` (or `--full-copy`) to `<STAMP>.luks.tmp`, `chmod 0444`;
+//! 3. rename to `<STAMP>.luks`, flush the directory;
+//! 4. only then prune copies no rule keeps (never one marked `.keep`, never the newest).
+
+use crate::cli::KeepCli;
+use crate::config::Retention;
+use crate::error::{fail, Code, Fail};
+use crate::exec::{Cmd, Runner};
+use crate::filesystem as fsys;
+use crate::progress::{print_stdout, stderr_line, Level};
+use crate::{retention, timefmt};
+use anyhow::{Context, Result};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// What the copies are compared by: nothing here needs the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub size: u64,
+    /// Allocated bytes (a sparse container's real size on the server).
+    pub allocated: u64,
+    /// The LUKS2 binary header's UUID field, if the file starts with a LUKS magic.
+    pub luks_uuid: Option<String>,
+}
+
+const LUKS_MAGIC: &[u8] = b"LUKS\xba\xbe";
+/// The UUID field of the LUKS binary header: after magic, version, header size, sequence id,
+/// label, checksum algorithm and salt (cryptsetup's luks2.h).
+const UUID_AT: usize = 6 + 2 + 8 + 8 + 48 + 32 + 64;
+
+impl Seen {
+    pub fn of(file: &Path) -> Result<Seen> {
+        use std::io::Read;
+        let m =
+            std::fs::metadata(file).with_context(|| format!("cannot stat {}", file.display()))?;
+        let mut head = vec![0u8; UUID_AT + 40];
+        let mut f =
+            std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let n = f.read(&mut head).unwrap_or(0);
+        Ok(Seen {
+            size: m.len(),
+            allocated: m.blocks() * 512,
+            luks_uuid: luks_uuid(&head[..n]),
+        })
+    }
+}
+
+/// The UUID of a LUKS header, or None when `head` does not start with one.
+pub fn luks_uuid(head: &[u8]) -> Option<String> {
+    if !head.starts_with(LUKS_MAGIC) || head.len() < UUID_AT + 40 {
+        return None;
+    }
+    let raw = &head[UUID_AT..UUID_AT + 40];
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    Some(String::from_utf8_lossy(&raw[..end]).into_owned())
+}
+
+/// The suspicious changes from the newest copy `before` to the live container `now`, one phrase
+/// each (empty: nothing suspicious). A grow or a trim is not one: a trim frees blocks, but a drop
+/// to less than half of the allocation is reported all the same (say so when it was a trim).
+pub fn suspicions(before: &Seen, now: &Seen) -> Vec<String> {
+    let mut s = Vec::new();
+    if now.size < before.size {
+        s.push(format!(
+            "truncated from {} to {} bytes",
+            before.size, now.size
+        ));
+    }
+    match (&before.luks_uuid, &now.luks_uuid) {
+        (Some(_), None) => s.push("its LUKS header is gone".into()),
+        (Some(a), Some(b)) if a != b => s.push(format!("replaced: LUKS UUID {a} is now {b}")),
+        _ => {}
+    }
+    if now.allocated * 2 < before.allocated {
+        s.push(format!(
+            "its allocated bytes dropped from {} to {}",
+            before.allocated, now.allocated
+        ));
+    }
+    s
+}
+
+/// The copies of one container, oldest first: (stamp, time).
+fn copies(dir: &Path) -> Vec<(String, i64)> {
+    let mut v: Vec<(String, i64)> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    let stamp = n.strip_suffix(".luks")?.to_string();
+                    let t = timefmt::parse_stamp(&stamp)?;
+                    Some((stamp, t))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_by_key(|c| c.1);
+    v
+}
+
+fn copy_path(dir: &Path, stamp: &str) -> PathBuf {
+    dir.join(format!("{stamp}.luks"))
+}
+
+fn keep_mark(dir: &Path, stamp: &str) -> PathBuf {
+    dir.join(format!("{stamp}.keep"))
+}
+
+pub fn keep(cli: KeepCli) -> Result<Option<PathBuf>> {
+    crate::progress::set_quiet(cli.quiet);
+    let run = Runner::new(cli.dry_run, cli.verbose);
+    let store = std::fs::canonicalize(&cli.store)
+        .ok()
+        .filter(|p| p.is_dir())
+        .ok_or_else(|| {
+            fail(
+                Code::Config,
+                format!(
+                    "{}: not a directory (the client's store)",
+                    cli.store.display()
+                ),
+            )
+        })?;
+    let alert_after = match cli.alert_after.as_str() {
+        "0" => 0,
+        s => timefmt::parse_within(s)
+            .map_err(|e| fail(Code::Config, format!("--alert-after: {e}")))?,
+    };
+    if !run.is_dry() {
+        std::fs::create_dir_all(&cli.into)
+            .with_context(|| format!("cannot make {}", cli.into.display()))?;
+    }
+    let into = std::fs::canonicalize(&cli.into).unwrap_or_else(|_| cli.into.clone());
+    if into.starts_with(&store) {
+        return Err(fail(
+            Code::Config,
+            format!(
+                "--into {} lies inside {}: the client could reach its copies there; put them outside its tree (and show them to it read-only, see e2e-keep(1))",
+                into.display(),
+                store.display()
+            ),
+        ));
+    }
+    if let Some(user) = &cli.user {
+        let pids = run.query(&Cmd::new("pgrep").arg("-u").arg(user).ok_code(1))?;
+        let n = pids.map(|p| p.lines().count()).unwrap_or(0);
+        if n > 0 {
+            crate::notice!("{user} has a session open ({n} process(es)): no copy now");
+            return alerts(&into, alert_after, Vec::new());
+        }
+    }
+    let policy = Retention {
+        keep_last: cli.keep_last,
+        keep_hourly: cli.keep_hourly,
+        keep_daily: cli.keep_daily,
+        keep_weekly: cli.keep_weekly,
+        keep_monthly: cli.keep_monthly,
+        keep_yearly: cli.keep_yearly,
+        keep_within: 0,
+    };
+    let mut found = Vec::new();
+    for f in containers(&store)? {
+        found.extend(keep_one(&run, &cli, &f, &into, &policy)?);
+    }
+    alerts(&into, alert_after, found)
+}
+
+/// The container files of `store`: regular `*.luks` files (a symlink is not followed: it could
+/// point anywhere on the server).
+fn containers(store: &Path) -> Result<Vec<PathBuf>> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(store).with_context(|| format!("cannot read {}", store.display()))? {
+        let p = e?.path();
+        let is_file = std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_file());
+        if p.extension().and_then(|x| x.to_str()) == Some("luks") {
+            if is_file {
+                v.push(p);
+            } else {
+                crate::warning!("{}: not a regular file; not copied", p.display());
+            }
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// Copy one container if it is quiescent and changed; prune its copies. Returns its suspicious
+/// changes, each as a line.
+fn keep_one(
+    run: &Runner,
+    cli: &KeepCli,
+    file: &Path,
+    into: &Path,
+    policy: &Retention,
+) -> Result<Vec<String>> {
+    let name = file
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let dir = into.join(&name);
+    let meta = std::fs::metadata(file)?;
+    let now = timefmt::now();
+    if now - meta.mtime() < cli.settle {
+        crate::notice!(
+            "{}: changed {} s ago (less than --settle {} s): no copy now",
+            file.display(),
+            now - meta.mtime(),
+            cli.settle
+        );
+        return Ok(Vec::new());
+    }
+    let existing = copies(&dir);
+    let mut found = Vec::new();
+    if let Some((last, _)) = existing.last() {
+        let prev = copy_path(&dir, last);
+        let pm = std::fs::metadata(&prev)?;
+        if pm.len() == meta.len()
+            && pm.mtime() == meta.mtime()
+            && pm.mtime_nsec() == meta.mtime_nsec()
+        {
+            crate::notice!("{}: unchanged since copy {last}", file.display());
+            return Ok(Vec::new());
+        }
+        let why = suspicions(&Seen::of(&prev)?, &Seen::of(file)?);
+        if !why.is_empty() {
+            let line = format!(
+                "{}: {} since copy {last}; that copy is kept whatever the retention ({})",
+                file.display(),
+                why.join(", "),
+                keep_mark(&dir, last).display()
+            );
+            stderr_line(Level::Err, &format!("e2e-keep: {line}"));
+            if !run.is_dry() {
+                std::fs::write(keep_mark(&dir, last), format!("{}\n", why.join("\n")))?;
+            }
+            found.push(line);
+        }
+    }
+    let mut t = now;
+    while existing.iter().any(|c| c.1 == t) {
+        t += 1;
+    }
+    let stamp = timefmt::format_stamp(t);
+    if !run.is_dry() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&dir)?;
+    }
+    let dest = copy_path(&dir, &stamp);
+    let tmp = dest.with_extension("luks.tmp");
+    let copied = run.run(&copy_cmd(
+        file,
+        &tmp,
+        cli.full_copy,
+        meta.blocks() * 512,
+        into,
+    ));
+    if let Err(e) = copied {
+        let _ = run.run(&Cmd::rm_f(&tmp));
+        return Err(e);
+    }
+    run.run(&Cmd::new("chmod").arg("0444").arg(&tmp))?;
+    run.run(&Cmd::new("mv").arg("-T").arg(&tmp).arg(&dest))?;
+    run.run(&fsys::sync_fs(&dir))?;
+    print_stdout(&format!("{}\n", dest.display()));
+    prune(run, &dir, policy, &stamp)?;
+    Ok(found)
+}
+
+/// The copy: a reflink, or (asked for) a whole copy; a filesystem that cannot reflink is refused.
+fn copy_cmd(file: &Path, tmp: &Path, full: bool, allocated: u64, into: &Path) -> Cmd {
+    let c = Cmd::new("cp").arg("--preserve=timestamps");
+    if full {
+        return c.arg("--sparse=always").arg("--").arg(file).arg(tmp);
+    }
+    let (into, shown) = (into.display().to_string(), file.display().to_string());
+    c.arg("--reflink=always")
+        .arg("--")
+        .arg(file)
+        .arg(tmp)
+        .on_fail(move |_, out| {
+            out.contains("failed to clone").then(|| {
+                let why = out
+                    .lines()
+                    .find(|l| l.contains("failed to clone"))
+                    .and_then(|l| l.rsplit(": ").next())
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                Fail::new(
+                    Code::Config,
+                    format!(
+                        "{into} cannot hold a reflink copy of {shown} ({why}): put the copies on the same XFS or btrfs filesystem as the store, or pass --full-copy (it writes {} now, and again for every copy)",
+                        crate::size::human(allocated)
+                    ),
+                )
+            })
+        })
+}
+
+/// Retention by the server's clock; never the copy just made, never one marked `.keep`.
+fn prune(run: &Runner, dir: &Path, policy: &Retention, newest: &str) -> Result<()> {
+    if *policy == Retention::default() {
+        return Ok(());
+    }
+    for v in retention::decide(&copies(dir), policy) {
+        if v.rules.is_empty() && v.stamp != newest && !keep_mark(dir, &v.stamp).exists() {
+            run.run(&Cmd::rm_f(copy_path(dir, &v.stamp)))?;
+        }
+    }
+    Ok(())
+}
+
+/// The end of a run: a container whose newest copy is older than `alert_after` (its client has
+/// not completed a session), and the suspicious changes found, fail it (exit 4).
+fn alerts(into: &Path, alert_after: i64, mut found: Vec<String>) -> Result<Option<PathBuf>> {
+    if alert_after > 0 {
+        let now = timefmt::now();
+        let dirs =
+            std::fs::read_dir(into).map(|r| r.flatten().map(|e| e.path()).collect::<Vec<_>>());
+        for d in dirs.unwrap_or_default() {
+            if let Some((last, t)) = copies(&d).last() {
+                if now - t > alert_after {
+                    let line = format!(
+                        "{}: newest copy {last} is older than --alert-after {} (its client has not completed a session since)",
+                        d.display(),
+                        timefmt::format_within(alert_after)
+                    );
+                    stderr_line(Level::Err, &format!("e2e-keep: {line}"));
+                    found.push(line);
+                }
+            }
+        }
+    }
+    if found.is_empty() {
+        return Ok(None);
+    }
+    Err(fail(Code::Refused, found.join("; ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(uuid: &str) -> Vec<u8> {
+        let mut h = vec![0u8; 4096];
+        h[..6].copy_from_slice(LUKS_MAGIC);
+        h[UUID_AT..UUID_AT + uuid.len()].copy_from_slice(uuid.as_bytes());
+        h
+    }
+
+    #[test]
+    fn luks_uuid_from_the_binary_header() {
+        let u = "3b5c1a6e-0f9d-4c2a-8e7f-6b5a4c3d2e1f";
+        assert_eq!(luks_uuid(&header(u)).as_deref(), Some(u));
+        assert_eq!(luks_uuid(&[0u8; 4096]), None);
+        assert_eq!(luks_uuid(LUKS_MAGIC), None, "too short");
+    }
+
+    #[test]
+    fn what_counts_as_suspicious() {
+        let seen = |size, allocated, uuid: Option<&str>| Seen {
+            size,
+            allocated,
+            luks_uuid: uuid.map(str::to_string),
+        };
+        let before = seen(1 << 30, 100 << 20, Some("a"));
+        // A backup (more allocated), a grow (larger), a small trim: nothing.
+        assert!(suspicions(&before, &seen(1 << 30, 120 << 20, Some("a"))).is_empty());
+        assert!(suspicions(&before, &seen(2 << 30, 100 << 20, Some("a"))).is_empty());
+        assert!(suspicions(&before, &seen(1 << 30, 60 << 20, Some("a"))).is_empty());
+        let s = suspicions(&before, &seen(0, 0, None));
+        assert_eq!(s.len(), 3, "{s:?}");
+        assert!(s[0].starts_with("truncated from 1073741824 to 0 bytes"));
+        assert_eq!(s[1], "its LUKS header is gone");
+        assert_eq!(
+            suspicions(&before, &seen(1 << 30, 100 << 20, Some("b"))),
+            ["replaced: LUKS UUID a is now b"]
+        );
+    }
+
+    #[test]
+    fn copies_are_listed_by_stamp() {
+        let d = tempfile::tempdir().unwrap();
+        for n in [
+            "2026-12-02T03:00:00Z.luks",
+            "2026-12-01T03:00:00Z.luks",
+            "2026-12-01T03:00:00Z.keep",
+            "2026-12-03T03:00:00Z.luks.tmp",
+            "junk",
+        ] {
+            std::fs::write(d.path().join(n), "").unwrap();
+        }
+        let c: Vec<String> = copies(d.path()).into_iter().map(|c| c.0).collect();
+        assert_eq!(c, ["2026-12-01T03:00:00Z", "2026-12-02T03:00:00Z"]);
+    }
+}
