@@ -132,11 +132,7 @@ pub fn keep(cli: KeepCli) -> Result<Option<PathBuf>> {
         s => timefmt::parse_within(s)
             .map_err(|e| fail(Code::Config, format!("--alert-after: {e}")))?,
     };
-    if !run.is_dry() {
-        std::fs::create_dir_all(&cli.into)
-            .with_context(|| format!("cannot make {}", cli.into.display()))?;
-    }
-    let into = std::fs::canonicalize(&cli.into).unwrap_or_else(|_| cli.into.clone());
+    let into = resolved(&cli.into);
     if into.starts_with(&store) {
         return Err(fail(
             Code::Config,
@@ -146,6 +142,10 @@ pub fn keep(cli: KeepCli) -> Result<Option<PathBuf>> {
                 store.display()
             ),
         ));
+    }
+    if !run.is_dry() {
+        std::fs::create_dir_all(&into)
+            .with_context(|| format!("cannot make {}", into.display()))?;
     }
     if let Some(user) = &cli.user {
         let pids = run.query(&Cmd::new("pgrep").arg("-u").arg(user).ok_code(1))?;
@@ -169,6 +169,26 @@ pub fn keep(cli: KeepCli) -> Result<Option<PathBuf>> {
         found.extend(keep_one(&run, &cli, &f, &into, &policy)?);
     }
     alerts(&into, alert_after, found)
+}
+
+/// `path` with symlinks resolved as far as it exists (the rest appended), so that a directory not
+/// made yet is compared with the store as it will be.
+fn resolved(path: &Path) -> PathBuf {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut rest = Vec::new();
+    let mut p = abs.as_path();
+    loop {
+        if let Ok(c) = std::fs::canonicalize(p) {
+            return rest.iter().rev().fold(c, |acc, n| acc.join(n));
+        }
+        match (p.parent(), p.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                p = parent;
+            }
+            _ => return abs,
+        }
+    }
 }
 
 /// The container files of `store`: regular `*.luks` files (a symlink is not followed: it could
@@ -385,6 +405,26 @@ mod tests {
         assert_eq!(
             suspicions(&before, &seen(1 << 30, 100 << 20, Some("b"))),
             ["replaced: LUKS UUID a is now b"]
+        );
+    }
+
+    #[test]
+    fn copies_inside_the_store_are_seen_before_they_exist() {
+        let d = tempfile::tempdir().unwrap();
+        let store = d.path().join("store");
+        std::fs::create_dir(&store).unwrap();
+        std::os::unix::fs::symlink(&store, d.path().join("link")).unwrap();
+        let store = std::fs::canonicalize(&store).unwrap();
+        for inside in ["store/new/x", "link/new", "store/../store/y"] {
+            assert!(
+                resolved(&d.path().join(inside)).starts_with(&store),
+                "{inside}"
+            );
+        }
+        assert!(!resolved(&d.path().join("copies/x")).starts_with(&store));
+        assert!(
+            !d.path().join("store/new").exists(),
+            "resolving made nothing"
         );
     }
 
