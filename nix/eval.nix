@@ -30,6 +30,8 @@ let
     wants = mkOption { type = types.listOf types.str; default = [ ]; };
     wantedBy = mkOption { type = types.listOf types.str; default = [ ]; };
     after = mkOption { type = types.listOf types.str; default = [ ]; };
+    documentation = mkOption { type = types.listOf types.str; default = [ ]; };
+    unitConfig = mkOption { type = types.attrsOf unitValue; default = { }; };
   };
   stubs = {
     options = {
@@ -56,6 +58,17 @@ let
           options = unitCommon // { timerConfig = mkOption { type = types.attrsOf unitValue; default = { }; }; };
         });
         default = { };
+      };
+      systemd.mounts = mkOption {
+        type = types.listOf (types.submodule {
+          options = unitCommon // {
+            what = mkOption { type = types.str; };
+            where = mkOption { type = types.str; };
+            type = mkOption { type = types.str; default = ""; };
+            options = mkOption { type = types.str; default = ""; };
+          };
+        });
+        default = [ ];
       };
       systemd.tmpfiles.rules = mkOption { type = types.listOf types.str; default = [ ]; };
       boot.kernelModules = mkOption { type = types.listOf types.str; default = [ ]; };
@@ -141,6 +154,24 @@ let
         };
       };
     };
+    # A server keeping copies of its clients' containers (e2e-keep): laptop in the default
+    # layout, desktop with its own account and directory; retention and alertAfter at their
+    # defaults, plus keepLast and fullCopy.
+    history = {
+      services.openssh.enable = true;
+      services.e2e-backup.server = {
+        enable = true;
+        clients = {
+          laptop.authorizedKeys = [ "ssh-ed25519 AAAAlaptop laptop" ];
+          desktop = {
+            authorizedKeys = [ "ssh-ed25519 AAAAdesktop desktop" ];
+            user = "backup-desktop";
+            directory = "/srv/other-backups/desk-top";
+          };
+        };
+        history = { enable = true; keepLast = 5; fullCopy = true; };
+      };
+    };
     # Impossible settings: each must be refused by an assertion with a helpful message.
     bad = {
       services.e2e-backup.jobs."bad..name" = {
@@ -167,6 +198,8 @@ let
           a = { authorizedKeys = [ ]; containers = [ "home.luks" ]; nbdPort = 10810; };
           b = { authorizedKeys = [ "k" ]; containers = [ "home.luks" ]; };
         };
+        # The copies inside a's store, where a could delete them; no unit in "3 days".
+        history = { enable = true; dir = "/srv/e2e-backup/a/data/copies"; alertAfter = "3 days"; };
       };
     };
   };
@@ -182,6 +215,7 @@ in
   etcSources = lib.mapAttrs (_: v: v.source.outPath) c.environment.etc;
   services = c.systemd.services;
   timers = c.systemd.timers;
+  mounts = c.systemd.mounts;
   packages = map (p: p.outPath) c.systemd.packages;
   generators = c.systemd.generators;
   kernelModules = c.boot.kernelModules;

@@ -6,6 +6,10 @@
 # the package's e2e-backup-generator (e2e-backup-generator(8)) is registered: it reads those job
 # files at boot and at each daemon-reload and writes the browse automounts. Option names follow
 # services.borgbackup.jobs and services.restic.backups where the meaning is the same.
+#
+# The server gives each client a chrooted SFTP-only account; with server.history.enable it also
+# keeps read-only copies of the clients' containers out of their reach (e2e-keep(1)), shown to
+# each client read-only at /data/history.
 { config, lib, pkgs, ... }:
 
 let
@@ -627,6 +631,55 @@ let
     else "restrict ${k}";
 
   allExports = concatLists (mapAttrsToList (_: c: c.containers) nbdClients);
+
+  # ---- server-held copies (e2e-keep(1), SERVER-HELD COPIES in e2e-backup(7)) ----
+  hist = srv.history;
+  # A path without "//" or a trailing "/", for the comparisons and the unit names below.
+  norm = p: let n = lib.strings.normalizePath (toString p); in if n == "/" then n else lib.removeSuffix "/" n;
+  isInside = a: b: a == b || lib.hasPrefix (if b == "/" then b else b + "/") a;
+  overlap = a: b: isInside a b || isInside b a;
+  # The client's store: the writable tree of its chroot, holding its *.luks (the client's /data),
+  # where its copies show up read-only as history/ (what e2e-sync --from-copy opens).
+  storeDir = c: "${norm c.directory}/data";
+  historyDir = c: "${storeDir c}/history";
+  copiesDir = name: norm "${toString hist.dir}/${name}";
+  # systemd-escape --path, as nixpkgs' utils.escapeSystemdPath: the unit name of a mount point.
+  mountUnit = p:
+    let
+      e = lib.strings.escapeC (lib.stringToCharacters " !\"#$%&'()*+,;<=>=@[\\]^`{|}~-")
+        (lib.removePrefix "/" (norm p));
+    in
+    lib.replaceStrings [ "/" ] [ "-" ] (if lib.hasPrefix "." e then "\\x2e" + lib.removePrefix "." e else e)
+    + ".mount";
+  # As src/timefmt.rs parse_within: numbers with units y, m, w, d, h, together, not all zero.
+  isDuration = s: builtins.match "([0-9]+[ymwdh])+" s != null && builtins.match "(0+[ymwdh])+" s == null;
+  # The rules not at 0, in e2e-keep --help's order.
+  keepFlags = lib.concatMap ({ flag, n }: optionals (n > 0) [ "--keep-${flag}" (toString n) ]) [
+    { flag = "last"; n = hist.keepLast; }
+    { flag = "hourly"; n = hist.keepHourly; }
+    { flag = "daily"; n = hist.keepDaily; }
+    { flag = "weekly"; n = hist.keepWeekly; }
+    { flag = "monthly"; n = hist.keepMonthly; }
+    { flag = "yearly"; n = hist.keepYearly; }
+  ];
+  keepCommand = name: c: lib.escapeShellArgs ([
+    "${cfg.package}/bin/e2e-keep" "--into" (copiesDir name) "--user" c.user
+  ] ++ keepFlags
+    ++ optionals (hist.alertAfter != null) [ "--alert-after" hist.alertAfter ]
+    ++ optional hist.fullCopy "--full-copy"
+    ++ [ (storeDir c) ]);
+  # Pairs (a client's copies, a client's directory) one inside the other: that client could reach
+  # the copies other than through the read-only mount (write or delete them, or read another's).
+  copiesOverlaps = concatLists (mapAttrsToList (a: _: concatLists (mapAttrsToList (b: c:
+    optional (overlap (copiesDir a) (norm c.directory))
+      "the copies of ${a} (${copiesDir a}) and the directory of ${b} (${norm c.directory})")
+    clients)) clients);
+
+  copyKeepOption = flag: what: default: mkOption {
+    type = types.ints.unsigned;
+    inherit default;
+    description = "Keep the newest copy of each of the last N ${what} that have copies (e2e-keep --keep-${flag}; 0: rule off). With all six at 0 every copy is kept.";
+  };
 in
 {
   options.services.e2e-backup = {
@@ -672,6 +725,76 @@ in
         type = types.bool;
         default = false;
         description = "Run a qemu-nbd per client on 127.0.0.1:<nbdPort> exporting its container with TRIM turned into hole punches, reachable only through that client's SSH tunnel, for e2e-trim.";
+      };
+      history = {
+        enable = mkOption {
+          type = types.bool;
+          default = false;
+          description = ''
+            Keep read-only copies of each client's containers out of its reach (e2e-keep(1),
+            SERVER-HELD COPIES in e2e-backup(7)), against a compromised client that destroys the
+            live container. Per client <name>: e2e-keep-<name>.service (root, on
+            e2e-keep-<name>.timer) copies each container of <directory>/data that changed and
+            settled, while no process of the client's account runs, by reflink into
+            <history.dir>/<name>/<FILE>/<STAMP>.luks (root's, mode 0444), and applies the
+            retention below by the server's clock; that directory is bind-mounted read-only at
+            <directory>/data/history, which the client sees as /data/history (what
+            `e2e-sync JOB --from-copy STAMP` opens). A suspicious change of a container
+            (truncated, LUKS header gone or replaced, allocation down by half), or no completed
+            session within alertAfter, fails the unit with the line at priority err: set
+            systemd.services."e2e-keep-<name>".onFailure to be told.
+          '';
+        };
+        dir = mkOption {
+          type = types.path;
+          default = "/srv/e2e-backup-copies";
+          example = "/srv/copies";
+          description = ''
+            Where the copies go, <dir>/<name> per client: outside baseDirectory and every client's
+            directory, and on the same XFS or btrfs filesystem as the clients' directories (a
+            reflink cannot cross filesystems; see fullCopy). Give it as a string.
+          '';
+        };
+        keepLast = mkOption {
+          type = types.ints.unsigned;
+          default = 0;
+          description = "Keep the N newest copies of each container (e2e-keep --keep-last; 0: rule off).";
+        };
+        keepHourly = copyKeepOption "hourly" "hours" 0;
+        keepDaily = copyKeepOption "daily" "days" 14;
+        keepWeekly = copyKeepOption "weekly" "ISO weeks" 8;
+        keepMonthly = copyKeepOption "monthly" "months" 12;
+        keepYearly = copyKeepOption "yearly" "years" 0;
+        alertAfter = mkOption {
+          type = types.nullOr types.str;
+          default = "3d";
+          example = "1w";
+          description = ''
+            Fail the client's e2e-keep unit, with a line at priority err, when a container's newest
+            copy is older than this: the client has not completed a session since (e2e-keep
+            --alert-after). Numbers with units y, m (30 days), w, d, h, written together, e.g.
+            "3d" or "1d12h". null: never.
+          '';
+        };
+        fullCopy = mkOption {
+          type = types.bool;
+          default = false;
+          description = ''
+            Copy whole where a reflink is impossible (another filesystem, or one without reflinks,
+            such as ext4) instead of refusing (e2e-keep --full-copy): every copy then writes the
+            container's size, and takes that much space.
+          '';
+        };
+        interval = mkOption {
+          type = types.str;
+          default = "*:0/15";
+          example = "hourly";
+          description = ''
+            When each client's e2e-keep timer looks for a finished session (OnCalendar=,
+            systemd.time(7)); a run copies nothing while the client's session is open or when
+            nothing changed. Missed runs are made up at boot (Persistent=).
+          '';
+        };
       };
     };
   };
@@ -776,6 +899,84 @@ in
           SystemCallArchitectures = "native";
         };
       }) nbdClients;
+    })
+
+    (mkIf (srv.enable && hist.enable) {
+      assertions = [
+        {
+          assertion = copiesOverlaps == [ ];
+          message = "services.e2e-backup.server.history.dir = \"${toString hist.dir}\": a client's copies must not lie inside a store directory (a client's directory, its chroot) nor hold one, or the client could reach them other than read-only: ${lib.concatStringsSep "; " copiesOverlaps}. Put history.dir outside baseDirectory and the clients' directories, on the same XFS or btrfs filesystem.";
+        }
+        {
+          assertion = hist.alertAfter == null || isDuration hist.alertAfter;
+          message = "services.e2e-backup.server.history.alertAfter = \"${toString hist.alertAfter}\" is not a duration like 3d, 1w or 1d12h (numbers with units y, m, w, d, h, written together, not all zero); null turns the alert off.";
+        }
+      ];
+
+      # Root's, 0755: the bind mount shows the mode of the copies' directory to the client, which
+      # may read and traverse but not write; the copies in it are root's, 0444. The mount point
+      # in the client's store is root's too; while mounted the client can neither remove nor
+      # replace it.
+      systemd.tmpfiles.rules = concatLists (mapAttrsToList (name: c: [
+        "d ${copiesDir name} 0755 root root -"
+        "d ${historyDir c} 0755 root root -"
+      ]) clients);
+
+      # A mount unit rather than fileSystems: the mount point lies in a tree the client writes,
+      # and fstab's generator resolves symlinks in it when it writes the unit (a client that put
+      # a symlink there could have its copies mounted over any directory of the server), while
+      # systemd refuses to start a mount unit whose Where= holds a symlink. Not part of
+      # local-fs.target: a failure (copies' filesystem missing) does not stop the boot.
+      systemd.mounts = mapAttrsToList (name: c: {
+        description = "e2e-backup server: client ${name}'s copies, read-only in its directory";
+        what = copiesDir name;
+        where = historyDir c;
+        type = "none";
+        options = "bind,ro";
+        wantedBy = [ "multi-user.target" ];
+      }) clients;
+
+      # As the package's e2e-keep@.service (units/e2e-keep@.service.in), with the settings in the
+      # command line instead of /etc/e2e-backup/keep/<name>.env.
+      systemd.services = lib.mapAttrs' (name: c: lib.nameValuePair "e2e-keep-${name}" {
+        description = "e2e-backup server: read-only copies of client ${name}'s containers";
+        documentation = [ "man:e2e-keep(1)" "man:e2e-backup(7)" ];
+        # A copy stopped halfway is only made again; let a running one finish over a switch.
+        restartIfChanged = false;
+        # (Re)mounts the copies for the client if that failed before (e.g. the copies'
+        # directory did not exist yet); the copies are made either way.
+        wants = [ (mountUnit (historyDir c)) ];
+        after = [ (mountUnit (historyDir c)) ];
+        # A store whose filesystem is not mounted would look empty and be copied from nowhere.
+        unitConfig.RequiresMountsFor = [ (storeDir c) (copiesDir name) ];
+        serviceConfig = {
+          Type = "oneshot";
+          ExecStart = keepCommand name c;
+          Nice = 10;
+          IOSchedulingClass = "idle";
+          # Root, as it must be to write where the client cannot; it needs nothing else of the
+          # system. No ProtectHome=: a store may live under /home.
+          ProtectSystem = "full";
+          PrivateTmp = true;
+          PrivateNetwork = true;
+          NoNewPrivileges = true;
+          RestrictRealtime = true;
+          LockPersonality = true;
+          RestrictNamespaces = true;
+          SystemCallArchitectures = "native";
+          MemoryDenyWriteExecute = true;
+          RestrictAddressFamilies = "AF_UNIX";
+        };
+      }) clients;
+
+      systemd.timers = lib.mapAttrs' (name: _: lib.nameValuePair "e2e-keep-${name}" {
+        description = "e2e-backup server: copies of client ${name}'s containers after each session";
+        wantedBy = [ "timers.target" ];
+        timerConfig = {
+          OnCalendar = hist.interval;
+          Persistent = true;
+        };
+      }) clients;
     })
   ];
 }

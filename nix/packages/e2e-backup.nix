@@ -1,4 +1,4 @@
-# The e2e-backup package: the seven binaries (wrapped so the tools they run are found on NixOS),
+# The e2e-backup package: the eight binaries (wrapped so the tools they run are found on NixOS),
 # the systemd generator of the browse automounts, systemd units, man pages and shell completions,
 # installed as the project's own `make install` does.
 { lib
@@ -13,6 +13,7 @@
 , rsync
 , nbd
 , coreutils
+, procps
 , systemd
 }:
 
@@ -40,7 +41,7 @@ rustPlatform.buildRustPackage {
   # target/<triple>/release, so copy them from the output cargo's install hook made.
   postInstall = ''
     mkdir -p target/release
-    for b in e2e-mount e2e-open e2e-sync e2e-grow e2e-trim e2e-close e2e-setup; do
+    for b in e2e-mount e2e-open e2e-sync e2e-grow e2e-trim e2e-close e2e-setup e2e-keep; do
       cp $out/bin/$b target/release/$b
     done
     make install-units install-man install-completions PREFIX=$out BINDIR=$out/bin \
@@ -51,6 +52,7 @@ rustPlatform.buildRustPackage {
     for b in $out/bin/e2e-*; do
       wrapProgram $b --prefix PATH : ${lib.makeBinPath [
         sshfs fuse3 openssh cryptsetup util-linux e2fsprogs rsync nbd coreutils
+        procps # pgrep: e2e-keep's look for a client session still open
       ]}
     done
   '';
