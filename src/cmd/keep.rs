@@ -429,6 +429,30 @@ mod tests {
     }
 
     #[test]
+    fn a_client_without_a_recent_copy_fails_the_run() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("home.luks");
+        std::fs::create_dir(&dir).unwrap();
+        let old = timefmt::format_stamp(timefmt::now() - 4 * 86400);
+        std::fs::write(copy_path(&dir, &old), "").unwrap();
+        assert!(
+            alerts(d.path(), 0, Vec::new()).unwrap().is_none(),
+            "0: never"
+        );
+        assert!(alerts(d.path(), 5 * 86400, Vec::new()).unwrap().is_none());
+        let e = alerts(d.path(), 3 * 86400, Vec::new()).unwrap_err();
+        assert_eq!(crate::error::code_of(&e), Code::Refused);
+        assert!(
+            e.to_string()
+                .contains(&format!("newest copy {old} is older than --alert-after 3d")),
+            "{e}"
+        );
+        let fresh = timefmt::format_stamp(timefmt::now());
+        std::fs::write(copy_path(&dir, &fresh), "").unwrap();
+        assert!(alerts(d.path(), 3 * 86400, Vec::new()).unwrap().is_none());
+    }
+
+    #[test]
     fn copies_are_listed_by_stamp() {
         let d = tempfile::tempdir().unwrap();
         for n in [
