@@ -200,7 +200,12 @@ fn open_container(
         ct::check_access(&file, &job.remote.user, false)?;
     }
     if !read_only && !blind {
-        ct::check_access(&file, &job.remote.user, true)?;
+        if let Err(e) = ct::check_access(&file, &job.remote.user, true) {
+            // A file that is not a container at all is told as that first.
+            run.run(&ct::is_luks(&file))
+                .map_err(|e| explain_lost_link(ctx, &job.remote.host, e, true))?;
+            return Err(e);
+        }
     }
     let opts = OpenOpts {
         read_only,
