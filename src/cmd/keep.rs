@@ -236,6 +236,12 @@ fn keep_one(
         );
         return Ok(Vec::new());
     }
+    // A copy cut off before its rename (a crash, a stop) is never one: it goes first.
+    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().ends_with(".luks.tmp") {
+            run.run(&Cmd::rm_f(e.path()))?;
+        }
+    }
     let existing = copies(&dir);
     let mut found = Vec::new();
     if let Some((last, _)) = existing.last() {

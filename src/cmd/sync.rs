@@ -13,7 +13,7 @@ use crate::stack::grow::auto_grow;
 use crate::stack::{lock, with_stack, Ctx};
 use crate::timefmt;
 use crate::unchanged;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::path::PathBuf;
 
 pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
@@ -22,7 +22,6 @@ pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
     if let Some(stamp) = &cli.from_copy {
         job.container.file = from_copy(&ctx, &cli, &job, stamp)?;
     }
-    let job = job;
     let _lock = lock(&ctx)?;
     ctx.accept_rollback.set(cli.accept_rollback);
     if let Some(r) = &cli.restore {
@@ -43,7 +42,6 @@ pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
     if cli.prune {
         return super::prune::prune(&ctx, &job, cli.preview);
     }
-    let mut job = job;
     // The lists are read once, before anything opens: a bad one changes nothing.
     job.sync.paths = job.sync.all_paths()?;
     if job.sync.paths.is_empty() {
@@ -364,15 +362,9 @@ fn unchanged_base(ctx: &Ctx, job: &Job) -> Result<Option<String>> {
 /// renamed over, flushed.
 fn record_unchanged(ctx: &Ctx, base: &str, stamp: &str) -> Result<()> {
     let fs = ctx.paths.fs.as_path();
-    let record = unchanged::record_path(fs, base);
-    let tmp = record.with_extension("unchanged.tmp");
-    ctx.assert_container_mounted()?;
-    std::fs::write(&tmp, unchanged::render(&unchanged::runs(fs, base), stamp))
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    ctx.in_container(vec![
-        Step::run(Cmd::new("mv").arg("-T").arg(&tmp).arg(&record)),
-        Step::run(fsys::sync_fs(fs)),
-    ])
+    let text = unchanged::render(&unchanged::runs(fs, base), stamp);
+    let rename = ctx.write_record(&unchanged::record_path(fs, base), &text)?;
+    ctx.in_container(vec![rename, Step::run(fsys::sync_fs(fs))])
 }
 
 /// An rsync that exited 23 (see [`crate::partial`]): put the previous version in place of each
@@ -414,12 +406,7 @@ fn stand_in_unread(
         crate::warning!("could not read {}: {} ({})", u.path, u.why, stand.word());
         entries.push((u, stand));
     }
-    let record = partial::record_path(fs, stamp);
-    let tmp = record.with_extension("incomplete.tmp");
-    ctx.assert_container_mounted()?;
-    std::fs::write(&tmp, partial::render(&entries))
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    steps.push(Step::run(Cmd::new("mv").arg("-T").arg(&tmp).arg(&record)));
+    steps.push(ctx.write_record(&partial::record_path(fs, stamp), &partial::render(&entries))?);
     ctx.in_container(steps)?;
     Ok(entries)
 }

@@ -86,6 +86,17 @@ impl Ctx {
         self.paths.kernel.mount_at(&self.paths.fs).is_some()
     }
 
+    /// Write a record inside the container whole, beside `file` (`FILE.tmp`), and return the step
+    /// that renames it over `file`: a cut leaves the old record or the new one, never half of it.
+    pub(crate) fn write_record(&self, file: &Path, text: &str) -> Result<Step> {
+        let mut tmp = file.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        self.assert_container_mounted()?;
+        std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+        Ok(Step::run(Cmd::new("mv").arg("-T").arg(&tmp).arg(file)))
+    }
+
     /// `fs/` is the filesystem of `/dev/mapper/e2e-<job>` (same device number), checked before every
     /// step that writes into it: a closed or lost container must not leave the run writing into the
     /// bare directory on the client.

@@ -121,6 +121,18 @@ fn create_container(
     let (p, run) = (&ctx.paths, &ctx.run);
     let file = ctx.container_file(job);
     let dev = p.dm_dev.as_path();
+    if job.container.file.starts_with(super::COPIES) {
+        return Err(fail(
+            Code::Config,
+            format!(
+                "the server keeps no copy {} (e2e-sync --from-copy): the copies it keeps are in {}",
+                file.display(),
+                file.parent()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default()
+            ),
+        ));
+    }
     if !create {
         return Err(fail(
             Code::Config,
