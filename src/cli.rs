@@ -341,16 +341,18 @@ pub struct SetupCli {
 ///
 /// Run by root after a client's session (e2e-keep@.timer), for one client's directory STORE (the
 /// SFTP account's writable tree): each container file *.luks in it that is quiescent (no process
-/// of --user runs, and it has not changed for --settle seconds) and changed since its newest copy is
-/// copied by reflink (`cp --reflink=always`: constant time, no space until the live file changes)
+/// of --user runs but the qemu-nbd that serves e2e-trim, and it has not changed for --settle
+/// seconds) and changed since its newest copy is copied by reflink (`cp --reflink=always
+/// --no-dereference`: constant time, no space until the live file changes; a symlink is not followed)
 /// to INTO/<FILE>/<STAMP>.luks, mode 0444, owned by root: the client's account can neither
 /// delete, rename nor write it. A filesystem that cannot reflink (or INTO on another filesystem)
 /// is refused with one line; --full-copy copies whole instead. INTO must not lie inside STORE.
 /// Before each copy it compares the container with the newest copy: truncated, its LUKS header gone
-/// or replaced (another LUKS UUID), or its allocated bytes down to less than half are reported at
-/// priority err, the copy from before is kept whatever the retention says (a `.keep` file beside
-/// it), and the run exits 4 (so an OnFailure= unit tells someone). Retention (--keep-*) runs on the
-/// server's clock. Prints the path of each new copy.
+/// or replaced (another LUKS UUID), or its allocated bytes down to less than half (a client's
+/// e2e-trim that gives back that much looks the same to a server without the key, and is reported
+/// too) are reported at priority err, the copy from before is kept whatever the retention says (a
+/// `.keep` file beside it), and the run exits 4 (so an OnFailure= unit tells someone). Retention
+/// (--keep-*) runs on the server's clock. Prints the path of each new copy.
 #[derive(Debug, Parser)]
 #[command(name = "e2e-keep", version, after_help = after_help(""))]
 pub struct KeepCli {

@@ -35,6 +35,17 @@ pub fn destination(r: &Remote) -> String {
     format!("{}@{}", r.user, r.host)
 }
 
+/// The SFTP requests the tools make, for the server's `ForceCommand internal-sftp -p …` (OpenSSH
+/// refuses every other): sshfs reading, writing, truncating (set/fsetstat) and fsyncing the
+/// container, listing and stat-ing its directory, realpath at mount, statvfs for free space;
+/// `--create`'s build under a temporary name (open, rename/posix-rename, remove of a leftover) and
+/// mkdir. Refused: symlink and hardlink (links that a root process on the server, e2e-keep or
+/// qemu-nbd, could be led through), readlink, lsetstat, rmdir, copy-data (a server-side copy
+/// the tools never ask for), fstatvfs, limits, expand-path, home-directory and
+/// users-groups-by-id (names of the server's accounts). The server module, e2e-backup(7) and
+/// e2e-setup's instructions use this list; tests/man.rs keeps them equal.
+pub const SFTP_REQUESTS: &str = "open,close,read,write,lstat,fstat,setstat,fsetstat,opendir,readdir,remove,mkdir,realpath,stat,rename,posix-rename,statvfs,fsync";
+
 fn sftp_target(r: &Remote) -> String {
     let host = if r.host.contains(':') {
         format!("[{}]", r.host)

@@ -357,3 +357,27 @@ fn exit_codes_are_described_from_one_source() {
     );
     report(stale);
 }
+
+/// The SFTP allow-list has one source (src/remote.rs): the server module, the page's server
+/// setup and the scenario that runs the module's account all grant exactly those requests.
+#[test]
+fn sftp_requests_are_listed_from_one_source() {
+    let want = e2e_backup::remote::SFTP_REQUESTS;
+    for (rel, text) in [
+        (
+            "nix/modules/e2e-backup.nix",
+            format!("sftpRequests = \"{want}\""),
+        ),
+        (
+            "man/e2e-backup.7",
+            format!("internal-sftp \\-d /data \\-p {want}\n"),
+        ),
+        (
+            "tests/vm/scenarios/sftp-only",
+            format!("internal-sftp -d /data -p {want}\n"),
+        ),
+    ] {
+        let have = std::fs::read_to_string(root().join(rel)).unwrap();
+        assert!(have.contains(&text), "{rel} does not grant exactly {want}");
+    }
+}

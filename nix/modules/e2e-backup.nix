@@ -35,6 +35,8 @@ let
   # One Environment= word: quoted (spaces), C escapes for '\', '"' and newlines, "%%" for '%'
   # (systemd expands specifiers in Environment=), so that the value arrives as written.
   envWord = k: v: "\"" + lib.replaceStrings [ "\\" "\"" "\n" "%" ] [ "\\\\" "\\\"" "\\n" "%%" ] "${k}=${v}" + "\"";
+  # As src/remote.rs SFTP_REQUESTS (tests/man.rs keeps them equal): internal-sftp refuses the rest.
+  sftpRequests = "open,close,read,write,lstat,fstat,setstat,fsetstat,opendir,readdir,remove,mkdir,realpath,stat,rename,posix-rename,statvfs,fsync";
   defaultTimer = { startAt = "daily"; persistentTimer = true; randomizedDelaySec = "1h"; };
 
   keepOption = what: mkOption {
@@ -867,7 +869,7 @@ in
       services.openssh.extraConfig = lib.concatStrings (mapAttrsToList (_: c: ''
         Match User ${c.user}
           ChrootDirectory ${c.directory}
-          ForceCommand internal-sftp -d /data
+          ForceCommand internal-sftp -d /data -p ${sftpRequests}
           PermitTTY no
           X11Forwarding no
           AllowAgentForwarding no

@@ -37,8 +37,9 @@ const UUID_AT: usize = 6 + 2 + 8 + 8 + 48 + 32 + 64;
 impl Seen {
     pub fn of(file: &Path) -> Result<Seen> {
         use std::io::Read;
-        let m =
-            std::fs::metadata(file).with_context(|| format!("cannot stat {}", file.display()))?;
+        // Not followed: a symlink the client made could point anywhere on the server.
+        let m = std::fs::symlink_metadata(file)
+            .with_context(|| format!("cannot stat {}", file.display()))?;
         let mut head = vec![0u8; UUID_AT + 40];
         let mut f =
             std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
@@ -148,8 +149,8 @@ pub fn keep(cli: KeepCli) -> Result<Option<PathBuf>> {
             .with_context(|| format!("cannot make {}", into.display()))?;
     }
     if let Some(user) = &cli.user {
-        let pids = run.query(&Cmd::new("pgrep").arg("-u").arg(user).ok_code(1))?;
-        let n = pids.map(|p| p.lines().count()).unwrap_or(0);
+        let listed = run.query(&Cmd::new("pgrep").arg("-l").arg("-u").arg(user).ok_code(1))?;
+        let n = session_processes(&listed.unwrap_or_default());
         if n > 0 {
             crate::notice!("{user} has a session open ({n} process(es)): no copy now");
             return alerts(&into, alert_after, Vec::new());
@@ -191,6 +192,16 @@ fn resolved(path: &Path) -> PathBuf {
     }
 }
 
+/// How many of the account's processes (`pgrep -l` lines: PID NAME) make a session. The qemu-nbd
+/// that serves e2e-trim runs as the account for good and is not one: a client that uses it has
+/// its ssh session open, which counts.
+fn session_processes(pgrep_l: &str) -> usize {
+    pgrep_l
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1).is_some_and(|n| n != "qemu-nbd"))
+        .count()
+}
+
 /// The container files of `store`: regular `*.luks` files (a symlink is not followed: it could
 /// point anywhere on the server).
 fn containers(store: &Path) -> Result<Vec<PathBuf>> {
@@ -225,7 +236,12 @@ fn keep_one(
         .to_string_lossy()
         .into_owned();
     let dir = into.join(&name);
-    let meta = std::fs::metadata(file)?;
+    let meta = std::fs::symlink_metadata(file)?;
+    if !meta.file_type().is_file() {
+        // Swapped for a symlink (or anything else) since the listing: the client's doing.
+        crate::warning!("{}: not a regular file; not copied", file.display());
+        return Ok(Vec::new());
+    }
     let now = timefmt::now();
     if now - meta.mtime() < cli.settle {
         crate::notice!(
@@ -294,6 +310,15 @@ fn keep_one(
         let _ = run.run(&Cmd::rm_f(&tmp));
         return Err(e);
     }
+    // chmod follows a symlink: the copy must be the file itself (see --no-dereference above).
+    if !run.is_dry() && !std::fs::symlink_metadata(&tmp)?.file_type().is_file() {
+        run.run(&Cmd::rm_f(&tmp))?;
+        crate::warning!(
+            "{}: replaced while it was copied; not copied",
+            file.display()
+        );
+        return Ok(found);
+    }
     run.run(&Cmd::new("chmod").arg("0444").arg(&tmp))?;
     run.run(&Cmd::new("mv").arg("-T").arg(&tmp).arg(&dest))?;
     run.run(&fsys::sync_fs(&dir))?;
@@ -304,7 +329,11 @@ fn keep_one(
 
 /// The copy: a reflink, or (asked for) a whole copy; a filesystem that cannot reflink is refused.
 fn copy_cmd(file: &Path, tmp: &Path, full: bool, allocated: u64, into: &Path) -> Cmd {
-    let c = Cmd::new("cp").arg("--preserve=timestamps");
+    // --no-dereference: should the client swap the file for a symlink after the check above,
+    // cp copies the link, never what it points to.
+    let c = Cmd::new("cp")
+        .arg("--no-dereference")
+        .arg("--preserve=timestamps");
     if full {
         return c.arg("--sparse=always").arg("--").arg(file).arg(tmp);
     }
@@ -456,6 +485,14 @@ mod tests {
         let fresh = timefmt::format_stamp(timefmt::now());
         std::fs::write(copy_path(&dir, &fresh), "").unwrap();
         assert!(alerts(d.path(), 3 * 86400, Vec::new()).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_nbd_export_is_no_session() {
+        assert_eq!(session_processes(""), 0);
+        assert_eq!(session_processes("812 qemu-nbd\n"), 0);
+        assert_eq!(session_processes("812 qemu-nbd\n901 sshd\n"), 1);
+        assert_eq!(session_processes("901 sshd-session\n902 sftp-server\n"), 2);
     }
 
     #[test]

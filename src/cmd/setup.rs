@@ -280,7 +280,7 @@ fn server_instructions(run: &Runner, job: &Job, identity: &Path) -> Result<()> {
          \x20 and in /etc/ssh/sshd_config (then: systemctl reload ssh):\n\
          \n\
          \x20   Match User {user}\n\
-         \x20     ForceCommand internal-sftp\n\
+         \x20     ForceCommand internal-sftp -p {requests}\n\
          \x20     ClientAliveInterval 15\n\
          \x20     ClientAliveCountMax 4\n\
          \x20     AllowTcpForwarding local\n\
@@ -297,6 +297,7 @@ fn server_instructions(run: &Runner, job: &Job, identity: &Path) -> Result<()> {
             "restrict,port-forwarding,permitopen=\"127.0.0.1:10809\" {pubkey}"
         )),
         job = job.name,
+        requests = crate::remote::SFTP_REQUESTS,
     );
     if run.is_dry() {
         for l in text.lines() {

@@ -37,7 +37,7 @@ ssh-keygen -y -f $KEYDIR/etc/golden.id_ed25519
 #   and in /etc/ssh/sshd_config (then: systemctl reload ssh):
 # 
 #     Match User alice
-#       ForceCommand internal-sftp
+#       ForceCommand internal-sftp -p open,close,read,write,lstat,fstat,setstat,fsetstat,opendir,readdir,remove,mkdir,realpath,stat,rename,posix-rename,statvfs,fsync
 #       ClientAliveInterval 15
 #       ClientAliveCountMax 4
 #       AllowTcpForwarding local

@@ -85,6 +85,34 @@ server_file() { echo "$SERVER_STORE/$1/$1.luks"; }
 server_sum() { on-server md5sum "$(server_file "$1")" | cut -d' ' -f1; }
 server_alloc() { on-server stat -c '%b %B' "$(server_file "$1")" | awk '{print $1 * $2}'; }
 
+# serve_nbd FILE: the server side of e2e-trim as its --help documents it: qemu-nbd as the backup
+# user, the export named after the file, TRIM -> hole punch, on the loopback only.
+serve_nbd() {
+  on-server setpriv --reuid="$SERVER_USER" --regid="$SERVER_USER" --init-groups \
+    qemu-nbd --fork --persistent --bind 127.0.0.1 --port 10809 --format raw --discard=unmap \
+    --export-name "$(basename "$1")" "$1"
+  sleep 1
+}
+
+# run_stock_recipe DIR FILE KEY FROM TO: the "If the tools are gone" recipe of e2e-backup(7),
+# taken literally from the page and run as root with the scenario's SSH identity; the server
+# directory DIR, the container FILE in it, the key file KEY, and a restore of the snapshot path
+# FROM into TO put in for the page's placeholders.
+run_stock_recipe() {
+  local recipe rc=0
+  recipe=$(sed -n '/If the tools are gone/,/^\.fi/p' "$E2E_VM_SRC/man/e2e-backup.7" | sed -n '/^\.nf/,/^\.fi/p' \
+    | sed -e '1d;$d' -e 's/\\-/-/g')
+  [ "$(grep -c . <<<"$recipe")" -ge 15 ] || fail "recipe not found in the man page: $recipe"
+  recipe=$(sed -e "s|user@backup.example.org:/srv/backup/alice|$SERVER_USER@$SERVER_HOST:$1|" \
+    -e "s|home\.luks|$2|" -e "s|home\.key|$3|" -e "s|/mnt/backup/latest/home/ /home/|$4 $5|" <<<"$recipe")
+  mkdir -p /root/.ssh "$5"
+  printf 'Host %s\n  IdentityFile %s\n  UserKnownHostsFile %s\n  BatchMode yes\n' \
+    "$SERVER_HOST" "$SERVER_KEY" "$SERVER_KNOWN_HOSTS" >/root/.ssh/config
+  bash -e <<<"$recipe" >/root/recipe.out 2>&1 || rc=$?
+  rm -f /root/.ssh/config
+  [ "$rc" = 0 ] || { cat /root/recipe.out >&2; fail "the stock-tools recipe failed"; }
+}
+
 # expect CODE TEXT CMD...: CMD exits CODE and prints exactly one "error:" line containing TEXT.
 expect() {
   local code=$1 text=$2 rc=0 err
