@@ -11,6 +11,10 @@
 //! Only rsync's `[sender]` errors count as unread sources: an error of the receiving side (the
 //! container) still fails the run, as does an exit 23 whose errors cannot be told apart.
 
+use crate::error::{Code, Fail};
+use crate::exec::{Cmd, Step};
+use crate::snapshots::{self, INFLIGHT};
+use anyhow::Result;
 use std::path::{Path, PathBuf};
 
 /// A source path rsync could not read, and rsync's reason.
@@ -66,6 +70,49 @@ pub fn parse(stderr: &str) -> Result<Vec<Unread>, String> {
     }
 }
 
+/// Each unread source path with what stands in for it.
+pub type StandIns = Vec<(Unread, Stand)>;
+
+/// An rsync that exited 23 into snapshot `stamp` (under `snaps`): for each source path it could
+/// not read, the previous version out of snapshot `link` in its place (the steps that put it
+/// there), or nothing, and which. An error that was not about reading the source fails the run.
+pub fn stand_in(
+    stderr: &str,
+    snaps: &Path,
+    stamp: &str,
+    link: Option<&str>,
+) -> Result<(Vec<Step>, StandIns)> {
+    let unread = parse(stderr).map_err(|line| {
+        snapshots::rsync_failure(&line).unwrap_or_else(|| Fail::new(Code::Runtime, line))
+    })?;
+    let inflight = snaps.join(format!("{stamp}{INFLIGHT}"));
+    let mut steps = Vec::new();
+    let mut entries = Vec::new();
+    for u in unread {
+        let target = inflight.join(u.path.trim_start_matches('/'));
+        let old = link.and_then(|l| previous(&snaps.join(l), &u.path));
+        let stand = match old {
+            Some(old) if old.is_dir() => {
+                steps.push(Step::run(
+                    Cmd::new("cp").args(["-al", "-T"]).arg(&old).arg(&target),
+                ));
+                Stand::Stale
+            }
+            Some(old) if std::fs::symlink_metadata(&target).is_err() => {
+                if let Some(parent) = target.parent() {
+                    steps.push(Step::run(Cmd::new("mkdir").arg("-p").arg(parent)));
+                }
+                steps.push(Step::run(Cmd::new("ln").arg(&old).arg(&target)));
+                Stand::Stale
+            }
+            _ => Stand::Missing,
+        };
+        crate::warning!("could not read {}: {} ({})", u.path, u.why, stand.word());
+        entries.push((u, stand));
+    }
+    Ok((steps, entries))
+}
+
 /// The source files rsync saw in its file list and found gone when it came to read them (exit 24,
 /// or among the errors of a 23): `file has vanished: "/data/x"` (rsync 3.2.7; older ones put
 /// `rsync: [sender]`-less variants in the same words). Not unread: they no longer exist.
@@ -117,7 +164,7 @@ pub fn render(entries: &[(Unread, Stand)]) -> String {
 
 /// The previous version of `path` in snapshot directory `prev`, if it is a file or directory that
 /// can stand in (not a symlink: a link's target is outside the snapshot).
-pub fn previous(prev: &Path, path: &str) -> Option<PathBuf> {
+fn previous(prev: &Path, path: &str) -> Option<PathBuf> {
     let p = prev.join(path.trim_start_matches('/'));
     let m = std::fs::symlink_metadata(&p).ok()?;
     (m.is_file() || m.is_dir()).then_some(p)
@@ -177,6 +224,50 @@ rsync warning: some files vanished before they could be transferred (code 24) at
         let both = format!("{v}{EIO}");
         assert_eq!(vanished(&both), 2);
         assert_eq!(parse(&both).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn the_previous_version_stands_in_where_there_is_one() {
+        let d = tempfile::tempdir().unwrap();
+        let snaps = d.path();
+        std::fs::create_dir_all(snaps.join("OLD/data/rerr/locked")).unwrap();
+        std::fs::write(snaps.join("OLD/data/rerr/bad"), "v1").unwrap();
+        let (steps, entries) = stand_in(EIO, snaps, "NEW", Some("OLD")).unwrap();
+        let stands: Vec<(&str, Stand)> =
+            entries.iter().map(|(u, s)| (u.path.as_str(), *s)).collect();
+        assert_eq!(
+            stands,
+            [
+                ("/data/rerr/bad", Stand::Stale),
+                ("/data/rerr/locked", Stand::Stale),
+                ("/data/gone", Stand::Missing),
+            ]
+        );
+        let r = crate::exec::Runner::buffered();
+        r.all(steps).unwrap();
+        let (old, new) = (
+            snaps.join("OLD/data/rerr"),
+            snaps.join("NEW.inflight/data/rerr"),
+        );
+        assert_eq!(
+            r.script()[1..],
+            [
+                format!("mkdir -p {}", new.display()),
+                format!(
+                    "ln {} {}",
+                    old.join("bad").display(),
+                    new.join("bad").display()
+                ),
+                format!(
+                    "cp -al -T {} {}",
+                    old.join("locked").display(),
+                    new.join("locked").display()
+                ),
+            ]
+        );
+        let e =
+            format!("{EIO}rsync: [receiver] mkstemp \"/x\" failed: Read-only file system (30)\n");
+        assert!(stand_in(&e, snaps, "NEW", Some("OLD")).is_err());
     }
 
     #[test]

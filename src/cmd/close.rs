@@ -17,7 +17,7 @@ pub fn close(cli: CloseCli) -> Result<Option<PathBuf>> {
     let _lock = match lock(&ctx) {
         Err(e) if cli.force && code_of(&e) == Code::Locked => {
             crate::warning!("{e:#}; closing anyway (--force): that run will fail");
-            // Read by that run when its next step fails (see stack::lost_link).
+            // Read by that run when its next step fails (see remote::lost_link).
             let _ = std::fs::write(&ctx.paths.forced, format!("{}\n", std::process::id()));
             None
         }

@@ -2,7 +2,7 @@
 
 use crate::cli::SyncCli;
 use crate::config::Job;
-use crate::error::{fail, Code, Fail};
+use crate::error::{fail, Code};
 use crate::exec::{Cmd, Step};
 use crate::filesystem as fsys;
 use crate::manifest;
@@ -196,7 +196,7 @@ pub(super) struct Published {
     now: i64,
     before: Vec<(String, i64)>,
     /// The source paths rsync could not read, and what stands in for each (empty: complete).
-    unread: Vec<(partial::Unread, partial::Stand)>,
+    unread: partial::StandIns,
     /// Source files that vanished between rsync's listing and its reading them.
     vanished: usize,
     /// Set when nothing changed (`sync.skip_unchanged`): nothing was published, `dest` and `stamp`
@@ -285,8 +285,14 @@ pub(super) fn backup(ctx: &Ctx, job: &Job) -> Result<Published> {
             out.code
         );
     }
+    // Exit 23: what stands in for each unread source path, and the snapshot's record of them, go
+    // in before the manifest is made and the snapshot published.
     let unread = if out.code == 23 {
-        stand_in_unread(ctx, &stamp, link.as_deref(), &out.stderr)?
+        let (mut steps, entries) = partial::stand_in(&out.stderr, &snaps, &stamp, link.as_deref())?;
+        let record = partial::record_path(fs, &stamp);
+        steps.push(ctx.write_record(&record, &partial::render(&entries))?);
+        ctx.in_container(steps)?;
+        entries
     } else {
         Vec::new()
     };
@@ -365,50 +371,6 @@ fn record_unchanged(ctx: &Ctx, base: &str, stamp: &str) -> Result<()> {
     let text = unchanged::render(&unchanged::runs(fs, base), stamp);
     let rename = ctx.write_record(&unchanged::record_path(fs, base), &text)?;
     ctx.in_container(vec![rename, Step::run(fsys::sync_fs(fs))])
-}
-
-/// An rsync that exited 23 (see [`crate::partial`]): put the previous version in place of each
-/// source path it could not read, and write the snapshot's record of them, before the manifest is
-/// made and the snapshot published. An error that was not about reading the source fails the run.
-fn stand_in_unread(
-    ctx: &Ctx,
-    stamp: &str,
-    link: Option<&str>,
-    stderr: &str,
-) -> Result<Vec<(partial::Unread, partial::Stand)>> {
-    let unread = partial::parse(stderr).map_err(|line| {
-        snapshots::rsync_failure(&line).unwrap_or_else(|| Fail::new(Code::Runtime, line))
-    })?;
-    let fs = ctx.paths.fs.as_path();
-    let snaps = fs.join("snapshots");
-    let inflight = snaps.join(format!("{stamp}{INFLIGHT}"));
-    let mut steps = Vec::new();
-    let mut entries = Vec::new();
-    for u in unread {
-        let target = inflight.join(u.path.trim_start_matches('/'));
-        let old = link.and_then(|l| partial::previous(&snaps.join(l), &u.path));
-        let stand = match old {
-            Some(old) if old.is_dir() => {
-                steps.push(Step::run(
-                    Cmd::new("cp").args(["-al", "-T"]).arg(&old).arg(&target),
-                ));
-                partial::Stand::Stale
-            }
-            Some(old) if std::fs::symlink_metadata(&target).is_err() => {
-                if let Some(parent) = target.parent() {
-                    steps.push(Step::run(Cmd::new("mkdir").arg("-p").arg(parent)));
-                }
-                steps.push(Step::run(Cmd::new("ln").arg(&old).arg(&target)));
-                partial::Stand::Stale
-            }
-            _ => partial::Stand::Missing,
-        };
-        crate::warning!("could not read {}: {} ({})", u.path, u.why, stand.word());
-        entries.push((u, stand));
-    }
-    steps.push(ctx.write_record(&partial::record_path(fs, stamp), &partial::render(&entries))?);
-    ctx.in_container(steps)?;
-    Ok(entries)
 }
 
 #[cfg(test)]

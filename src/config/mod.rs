@@ -13,6 +13,7 @@ pub use key::{check_key_file, MIN_KEY_BYTES};
 
 use crate::error::{fail, Code};
 use crate::paths::validate_job;
+use crate::remote::Remote;
 use crate::size::{parse_size, parse_size_spec, SizeSpec, MAX_CONTAINER, MIN_CONTAINER};
 use anyhow::Result;
 use std::path::{Path, PathBuf};
@@ -60,16 +61,6 @@ pub struct Overrides {
     /// rsync exclude pattern, repeatable (sync.exclude)
     #[arg(long, value_name = "PATTERN", help_heading = "Job overrides")]
     pub exclude: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Remote {
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-    pub path: String,
-    pub identity_file: PathBuf,
-    pub known_hosts: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -1,17 +1,13 @@
 //! The stack's lifecycle: bring-up ([`open`]), teardown and recovery ([`close`]), undo on failure,
-//! the job lock, the stall watchdog and the diagnosis of a lost link. Commands run their steps inside
-//! [`with_stack`], which leaves the stack as it found it.
+//! the job lock and the history check. Commands run their steps inside [`with_stack`], which leaves
+//! the stack as it found it.
 
 pub mod close;
 pub mod grow;
-pub mod lost_link;
 pub mod open;
-pub mod watchdog;
 
 use self::close::{close_idle_read_only, close_opened, recover_stale};
-use self::lost_link::explain_lost_link;
 use self::open::ensure_open;
-use self::watchdog::StallWatchdog;
 use crate::cli::Common;
 use crate::config::{self, Job};
 use crate::container as ct;
@@ -19,7 +15,7 @@ use crate::error::{fail, Code};
 use crate::exec::{Arg, Cmd, Runner, Step};
 use crate::manifest;
 use crate::paths::JobPaths;
-use crate::remote;
+use crate::remote::{self, lost_link::explain_lost_link, watchdog::StallWatchdog};
 use crate::rollback;
 use crate::snapshots;
 use anyhow::{Context, Result};
@@ -250,11 +246,11 @@ pub(crate) fn with_stack<T>(
     let pin = (!ctx.run.is_dry() && ctx.fs_mounted())
         .then(|| std::fs::File::open(&p.fs).ok())
         .flatten();
-    let watchdog = StallWatchdog::start(ctx);
+    let watchdog = StallWatchdog::start(ctx.run.is_dry(), &ctx.paths);
     let r = ctx
         .check_history(job)
         .and_then(|_| f(&mut stack))
-        .map_err(|e| explain_lost_link(ctx, &job.remote.host, e, false));
+        .map_err(|e| explain_lost_link(&ctx.run, p, &job.remote, ctx.remote_seen.get(), e, false));
     drop(watchdog);
     drop(pin);
     if crate::exec::stalled() {

@@ -6,15 +6,22 @@ use crate::container::{self as ct, OpenOpts};
 use crate::error::{fail, Code};
 use crate::exec::{Arg, Cmd, Undo};
 use crate::filesystem as fsys;
-use crate::remote;
-use crate::stack::lost_link::explain_lost_link;
+use crate::remote::{self, lost_link::explain_lost_link};
 use anyhow::Result;
 use std::path::Path;
 
 /// Bring the stack up to a mounted filesystem (idempotent), creating the container if allowed.
 pub fn ensure_open(ctx: &Ctx, job: &Job, create: bool, read_only: bool) -> Result<Stack> {
-    open_stack(ctx, job, create, read_only)
-        .map_err(|e| explain_lost_link(ctx, &job.remote.host, e, false))
+    open_stack(ctx, job, create, read_only).map_err(|e| {
+        explain_lost_link(
+            &ctx.run,
+            &ctx.paths,
+            &job.remote,
+            ctx.remote_seen.get(),
+            e,
+            false,
+        )
+    })
 }
 
 pub(crate) fn open_stack(ctx: &Ctx, job: &Job, create: bool, read_only: bool) -> Result<Stack> {
@@ -214,8 +221,9 @@ fn open_container(
     if !read_only && !blind {
         if let Err(e) = ct::check_access(&file, &job.remote.user, true) {
             // A file that is not a container at all is told as that first.
-            run.run(&ct::is_luks(&file))
-                .map_err(|e| explain_lost_link(ctx, &job.remote.host, e, true))?;
+            run.run(&ct::is_luks(&file)).map_err(|e| {
+                explain_lost_link(run, p, &job.remote, ctx.remote_seen.get(), e, true)
+            })?;
             return Err(e);
         }
     }
@@ -232,8 +240,9 @@ fn open_container(
             Ok(())
         }
         Err(e) => {
-            run.run(&ct::is_luks(&file))
-                .map_err(|e| explain_lost_link(ctx, &job.remote.host, e, true))?;
+            run.run(&ct::is_luks(&file)).map_err(|e| {
+                explain_lost_link(run, p, &job.remote, ctx.remote_seen.get(), e, true)
+            })?;
             Err(e)
         }
     }

@@ -1,6 +1,6 @@
 //! Bounded time on a server that stops answering.
 
-use super::Ctx;
+use crate::paths::JobPaths;
 use crate::remote;
 use std::time::{Duration, Instant};
 
@@ -15,9 +15,10 @@ pub(crate) struct StallWatchdog {
 }
 
 impl StallWatchdog {
-    pub(crate) fn start(ctx: &Ctx) -> Option<Self> {
+    /// `dry`: a dry run starts none.
+    pub(crate) fn start(dry: bool, p: &JobPaths) -> Option<Self> {
         use std::sync::atomic::{AtomicBool, Ordering};
-        if ctx.run.is_dry() {
+        if dry {
             return None;
         }
         let limit = std::env::var("E2E_BACKUP_STALL_TIMEOUT")
@@ -27,7 +28,7 @@ impl StallWatchdog {
             .unwrap_or(600);
         let every = Duration::from_secs(limit.clamp(2, 120) / 2).min(Duration::from_secs(30));
         let stop = std::sync::Arc::new(AtomicBool::new(false));
-        let (flag, paths) = (stop.clone(), ctx.paths.clone());
+        let (flag, paths) = (stop.clone(), p.clone());
         let watchdog = std::env::var_os("WATCHDOG_USEC").is_some();
         std::thread::spawn(move || {
             let mut last_ok = Instant::now();

@@ -1,7 +1,10 @@
 //! The server side: ssh reachability probe, sshfs mount/unmount, server free space (statvfs through
-//! sshfs, which forwards `statvfs@openssh.com`), server allocated bytes (stat over ssh).
+//! sshfs, which forwards `statvfs@openssh.com`), server allocated bytes (stat over ssh); the link's
+//! health: the stall watchdog and the diagnosis of a lost link.
 
-use crate::config::Remote;
+pub mod lost_link;
+pub mod watchdog;
+
 use crate::error::{Code, Fail};
 use crate::exec::{last_line, quote, Cmd, Runner};
 use crate::kernel::{orphan_ports, Kernel};
@@ -9,6 +12,17 @@ use crate::paths::JobPaths;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// The job's server and how to reach it (the job file's `[remote]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub path: String,
+    pub identity_file: PathBuf,
+    pub known_hosts: PathBuf,
+}
 
 /// ssh options shared by every connection: pinned host key, key-only auth, fail fast on a dead link.
 /// ServerAlive 10 s × 3 declares a dead link in ~30 s instead of hanging forever.

@@ -1,8 +1,9 @@
 //! Naming the real cause of a failed step: a lost link or a full server, not the failed read.
 
-use super::Ctx;
 use crate::error::{code_of, fail, Code};
-use crate::remote;
+use crate::exec::Runner;
+use crate::paths::JobPaths;
+use crate::remote::{self, Remote};
 use crate::size::human;
 use std::time::Duration;
 
@@ -13,10 +14,12 @@ pub(crate) const SERVER_FULL_BELOW: u64 = 16 << 20;
 /// would have meant ("not a LUKS container", "short read", "No such file" send a user hunting for
 /// damage). Candidates: runtime failures, and `isLuks`'s refusal (`refused`); sshfs decides by
 /// whether it is still mounted and answers a statfs. With the link fine, a server with almost no free
-/// space left is named as the cause (exit 6).
+/// space left is named as the cause (exit 6). `seen`: this run had seen the job's sshfs mounted.
 pub(crate) fn explain_lost_link(
-    ctx: &Ctx,
-    host: &str,
+    run: &Runner,
+    p: &JobPaths,
+    r: &Remote,
+    seen: bool,
     e: anyhow::Error,
     refused: bool,
 ) -> anyhow::Error {
@@ -25,18 +28,16 @@ pub(crate) fn explain_lost_link(
         Code::Refused => refused,
         _ => false,
     };
-    if !candidate || ctx.run.is_dry() {
+    if !candidate || run.is_dry() {
         return e;
     }
+    let host = &r.host;
     // libfuse detaches the mount (lazily) when sshfs exits on a dead link, so "no longer mounted"
     // counts as lost too, once this run had seen it mounted. The step's I/O error can come a moment
     // before sshfs has gone (it fails the requests it has, then exits): a few seconds to see it go,
     // before a statfs that still answers is taken for a link that works.
-    let lost = ctx.remote_seen.get() && {
-        let gone = || {
-            !remote::is_mounted(&ctx.paths)
-                || remote::sshfs_pids(&ctx.paths.kernel, &ctx.paths.remote).is_empty()
-        };
+    let lost = seen && {
+        let gone = || !remote::is_mounted(p) || remote::sshfs_pids(&p.kernel, &p.remote).is_empty();
         let mut went = gone();
         for _ in 0..6 {
             if went {
@@ -45,9 +46,9 @@ pub(crate) fn explain_lost_link(
             std::thread::sleep(Duration::from_millis(500));
             went = gone();
         }
-        went || !remote::responsive(&ctx.paths, Duration::from_secs(15))
+        went || !remote::responsive(p, Duration::from_secs(15))
     };
-    if std::fs::remove_file(&ctx.paths.forced).is_ok() {
+    if std::fs::remove_file(&p.forced).is_ok() {
         // Not the link: e2e-close --force took the stack down under this run.
         return fail(
             Code::Locked,
@@ -56,11 +57,7 @@ pub(crate) fn explain_lost_link(
     }
     if !lost {
         // Writes into the sparse container fail (EIO under ext4) when the server's disk fills up.
-        let free = ctx
-            .remote_seen
-            .get()
-            .then(|| remote::server_free(&ctx.paths).ok())
-            .flatten();
+        let free = seen.then(|| remote::server_free(p).ok()).flatten();
         return match free {
             Some(f) if f < SERVER_FULL_BELOW => fail(
                 Code::NoSpace,
@@ -71,8 +68,8 @@ pub(crate) fn explain_lost_link(
     }
     // This run gives up on the link: its connection must never write again (see remote::fence).
     {
-        let _cleanup = ctx.run.unwinding();
-        if let Err(f) = remote::fence(&ctx.run, &ctx.paths, ctx.port.get()) {
+        let _cleanup = run.unwinding();
+        if let Err(f) = remote::fence(run, p, r.port) {
             crate::warning!("fencing the dead connection failed: {f:#}");
         }
     }
