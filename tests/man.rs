@@ -358,7 +358,7 @@ fn exit_codes_are_described_from_one_source() {
     report(stale);
 }
 
-/// The SFTP allow-list has one source (src/remote.rs): the server module, the page's server
+/// The SFTP allow-list has one source (src/remote/mod.rs): the server module, the page's server
 /// setup and the scenario that runs the module's account all grant exactly those requests.
 #[test]
 fn sftp_requests_are_listed_from_one_source() {

@@ -35,7 +35,7 @@ let
   # One Environment= word: quoted (spaces), C escapes for '\', '"' and newlines, "%%" for '%'
   # (systemd expands specifiers in Environment=), so that the value arrives as written.
   envWord = k: v: "\"" + lib.replaceStrings [ "\\" "\"" "\n" "%" ] [ "\\\\" "\\\"" "\\n" "%%" ] "${k}=${v}" + "\"";
-  # As src/remote.rs SFTP_REQUESTS (tests/man.rs keeps them equal): internal-sftp refuses the rest.
+  # As src/remote/mod.rs SFTP_REQUESTS (tests/man.rs keeps them equal): internal-sftp refuses the rest.
   sftpRequests = "open,close,read,write,lstat,fstat,setstat,fsetstat,opendir,readdir,remove,mkdir,realpath,stat,rename,posix-rename,statvfs,fsync";
   defaultTimer = { startAt = "daily"; persistentTimer = true; randomizedDelaySec = "1h"; };
 
