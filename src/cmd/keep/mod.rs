@@ -137,19 +137,14 @@ fn session_processes(pgrep_l: &str) -> usize {
         .count()
 }
 
-/// The container files of `store`: regular `*.luks` files (a symlink is not followed: it could
-/// point anywhere on the server).
+/// The `*.luks` names in `store`; whether each is a regular file is [`keep_one`]'s question, asked
+/// where it is copied.
 fn containers(store: &Path) -> Result<Vec<PathBuf>> {
     let mut v = Vec::new();
     for e in std::fs::read_dir(store).with_context(|| format!("cannot read {}", store.display()))? {
         let p = e?.path();
-        let is_file = std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_file());
         if p.extension().and_then(|x| x.to_str()) == Some("luks") {
-            if is_file {
-                v.push(p);
-            } else {
-                crate::warning!("{}: not a regular file; not copied", p.display());
-            }
+            v.push(p);
         }
     }
     v.sort();
@@ -173,7 +168,7 @@ fn keep_one(
     let dir = into.join(&name);
     let meta = std::fs::symlink_metadata(file)?;
     if !meta.file_type().is_file() {
-        // Swapped for a symlink (or anything else) since the listing: the client's doing.
+        // A symlink (or anything else) is not followed: it could point anywhere on the server.
         crate::warning!("{}: not a regular file; not copied", file.display());
         return Ok(Vec::new());
     }
