@@ -50,7 +50,7 @@ uninstall-extras:
 # Units, man pages and completions come from the source tree as they are (no build step), and are
 # written only under DESTDIR, so installing from a read-only tree works.
 UNITDIR ?= $(PREFIX)/lib/systemd/system
-# The generator of the browse automounts (e2e-backup-generator(8)); systemd also searches
+# The generator of the jobs' mount units (e2e-backup-generator(8)); systemd also searches
 # /usr/local/lib/systemd/system-generators.
 GENERATORDIR ?= $(PREFIX)/lib/systemd/system-generators
 MANDIR ?= $(PREFIX)/share/man

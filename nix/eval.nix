@@ -22,6 +22,7 @@ let
     coreutils = fakeDrv "coreutils";
     nbd = fakeDrv "nbd";
     qemu-utils = fakeDrv "qemu-utils";
+    sshfs = fakeDrv "sshfs";
   };
   unitValue = types.oneOf [ types.bool types.int types.str (types.listOf types.str) ];
   unitCommon = {
@@ -72,6 +73,7 @@ let
       };
       systemd.tmpfiles.rules = mkOption { type = types.listOf types.str; default = [ ]; };
       boot.kernelModules = mkOption { type = types.listOf types.str; default = [ ]; };
+      system.fsPackages = mkOption { type = types.listOf types.package; default = [ ]; };
       users.groups = mkOption { type = types.attrsOf (types.submodule { }); default = { }; };
       users.users = mkOption {
         type = types.attrsOf (types.submodule {
@@ -218,6 +220,7 @@ in
   mounts = c.systemd.mounts;
   packages = map (p: p.outPath) c.systemd.packages;
   generators = c.systemd.generators;
+  fsPackages = map (p: p.name) c.system.fsPackages;
   kernelModules = c.boot.kernelModules;
   users = c.users.users;
   groups = lib.attrNames c.users.groups;

@@ -129,6 +129,10 @@ pub struct OpenCli {
     /// Open and mount read-only (for restores)
     #[arg(long)]
     pub read_only: bool,
+    /// Stop at the checked LUKS mapping and leave mounting to the job's mount unit; the remote
+    /// must be mounted already (how e2e-open@.service runs, see e2e-backup-generator(8))
+    #[arg(long, conflicts_with = "read_only")]
+    pub no_mount: bool,
 }
 
 /// Back up the job's paths into a new snapshot, or restore from one.

@@ -141,24 +141,29 @@ pub fn fsck(dev: &Path) -> Cmd {
         })
 }
 
-/// Mount options: `errors=remount-ro` so a lost link stops writes instead of spreading damage;
+/// `mount -t ext4 -o OPTIONS DEV MOUNTPOINT` (see [`mount_options`]).
+pub fn mount(dev: &Path, mountpoint: &Path, read_only: bool) -> Cmd {
+    Cmd::new("mount")
+        .args(["-t", "ext4", "-o", mount_options(read_only)])
+        .arg(dev)
+        .arg(mountpoint)
+        // The kernel's MMP refusal reaches mount(8) only as EBUSY.
+        .on_fail(|_, out| mmp_refusal(&out.replace("busy", "in use")))
+}
+
+/// The ext4 mount options, for e2e-open's mount and the generated mount unit's `Options=`:
+/// `errors=remount-ro` so a lost link stops writes instead of spreading damage;
 /// `data_err=abort` so a failed *data* write (the server's disk full under the sparse file, the
 /// link gone) aborts the journal too — ext4's default only logs it, and the run would go on to
 /// rename a snapshot whose blocks never reached the server;
 /// `noinit_itable` so the kernel never zeroes inode tables in the background (that would allocate
 /// them on the server and send them over the network — see [`mkfs`]).
-pub fn mount(dev: &Path, mountpoint: &Path, read_only: bool) -> Cmd {
-    let opts = if read_only {
+pub fn mount_options(read_only: bool) -> &'static str {
+    if read_only {
         "ro,nosuid,nodev,noinit_itable"
     } else {
         "rw,nosuid,nodev,noinit_itable,errors=remount-ro,data_err=abort"
-    };
-    Cmd::new("mount")
-        .args(["-t", "ext4", "-o", opts])
-        .arg(dev)
-        .arg(mountpoint)
-        // The kernel's MMP refusal reaches mount(8) only as EBUSY.
-        .on_fail(|_, out| mmp_refusal(&out.replace("busy", "in use")))
+    }
 }
 
 /// `dumpe2fs -h DEV`: the superblock (read only; MMP-safe).

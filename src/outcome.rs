@@ -1,17 +1,18 @@
 //! The outcome of a backup run through the systemd units, for the unit the timer starts.
 //!
-//! `systemctl start e2e-backup@JOB` pulls in e2e-mount@, e2e-open@ and e2e-sync@ and runs after
-//! them. When one of those fails, systemd fails the start job of e2e-backup@ as a "dependency" and
+//! `systemctl start e2e-backup@JOB` pulls in e2e-sync@ (and below it the job's mount units and
+//! e2e-open@) and runs after them. When one of those fails, systemd fails the start job of e2e-backup@ as a "dependency" and
 //! leaves the unit inactive, so `OnFailure=` never fires and `is-failed` says no. Instead the
 //! e2e-backup@ unit only `Wants=` the sync, and its `e2e-close --outcome` ends it with the outcome
 //! the layers' binaries recorded here.
 //!
 //! The record is one line, `BINARY<TAB>CODE<TAB>TEXT`, in the file `$E2E_BACKUP_OUTCOME` names
 //! (the units set it to /run/e2e-backup/JOB/outcome, on the client's tmpfs: the server never sees
-//! it). Each of e2e-mount, e2e-open and e2e-sync empties it when it starts and records its result
+//! it). Each of e2e-open and e2e-sync empties it when it starts and records its result
 //! when it ends, so it holds the result of the last of them that ran; a run passes only if that was
 //! e2e-sync and it succeeded. A layer killed before it could write (a start timeout, SIGKILL) leaves
-//! it empty, which fails too. `--outcome` moves the record aside once read, so a later run that
+//! it empty, which fails too, and so does a run whose remote never mounted (no layer ran; e2e-close
+//! then asks the server why, see cmd/close.rs). `--outcome` moves the record aside once read, so a later run that
 //! never reached a binary cannot pass on an old success.
 
 use crate::error::{fail, Code, Fail};
@@ -22,7 +23,7 @@ use std::path::{Path, PathBuf};
 pub const ENV: &str = "E2E_BACKUP_OUTCOME";
 
 /// The binaries whose runs are recorded, bottom up (e2e-close, their `ExecStop=`, never records).
-const CHAIN: [&str; 3] = ["e2e-mount", "e2e-open", "e2e-sync"];
+const CHAIN: [&str; 2] = ["e2e-open", "e2e-sync"];
 
 /// The record file, when this binary keeps one.
 fn record_of(binary: &str) -> Option<PathBuf> {
@@ -55,10 +56,9 @@ pub fn end(binary: &str, code: u8, text: &str) {
     }
 }
 
-/// Whether a result with exit `code` replaces the record `now`. e2e-mount --foreground ends last,
-/// when the units above it have stopped: its clean exit must not hide the sync's result, nor its
-/// failure (sshfs died under the run) the sync's own line about it. So: a result fills an empty
-/// record, and a failure replaces a success; nothing else replaces anything.
+/// Whether a result with exit `code` replaces the record `now`: a result fills an empty record, and
+/// a failure replaces a success; nothing else replaces anything. So a late clean exit never hides a
+/// failure, and the first failure's line (the cause) is the one kept.
 fn replaces(now: &str, code: u8) -> bool {
     match parse_record(now) {
         None => true,
@@ -91,7 +91,7 @@ pub fn judge(record: &str) -> Result<PathBuf> {
         .into()),
         None => Err(fail(
             Code::Runtime,
-            "no outcome recorded: a layer of the backup was stopped before it could report (see systemctl status for e2e-mount@JOB, e2e-open@JOB and e2e-sync@JOB)",
+            "no outcome recorded: the remote did not mount, or a layer of the backup was stopped before it could report (see systemctl status for run-e2e\\x2dbackup-JOB-remote.mount, e2e-open@JOB and e2e-sync@JOB)",
         )),
     }
 }
@@ -102,6 +102,11 @@ fn code_for(c: u8) -> Code {
         .into_iter()
         .find(|k| *k as i32 == i32::from(c))
         .unwrap_or(Code::Runtime)
+}
+
+/// Whether a layer recorded anything at `path` this run.
+pub fn recorded(path: &Path) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|r| parse_record(&r).is_some())
 }
 
 /// Read and judge the record at `path`, then move it aside (`<path>.seen`) so that it is judged once.

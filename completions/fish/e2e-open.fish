@@ -16,6 +16,7 @@ complete -c e2e-open -s v -l verbose -d 'Also show the output of the commands ru
 complete -c e2e-open -s q -l quiet -d 'Only warnings and errors on stderr: no logged commands, progress, notes or reports (for cron and scripts; stdout and the exit code are unchanged)'
 complete -c e2e-open -l create -d 'Create the container if the file does not exist yet'
 complete -c e2e-open -l read-only -d 'Open and mount read-only (for restores)'
+complete -c e2e-open -l no-mount -d 'Stop at the checked LUKS mapping and leave mounting to the job\'s mount unit; the remote must be mounted already (how e2e-open@.service runs, see e2e-backup-generator(8))'
 complete -c e2e-open -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c e2e-open -s V -l version -d 'Print version'
 function __e2e_backup_jobs

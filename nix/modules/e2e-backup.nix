@@ -1,10 +1,11 @@
 # NixOS module: services.e2e-backup.jobs.<name> (clients) and services.e2e-backup.server.
 #
-# Clients use the package's own template units (e2e-mount@, e2e-open@, e2e-sync@, …, see
-# e2e-backup(7)); per job this module writes /etc/e2e-backup/<name>.toml and adds drop-ins to the
-# instances (hooks, key credential, environment, timer schedule). When a job sets browse.automount,
-# the package's e2e-backup-generator (e2e-backup-generator(8)) is registered: it reads those job
-# files at boot and at each daemon-reload and writes the browse automounts. Option names follow
+# Clients use the package's own template units (e2e-open@, e2e-sync@, …, see e2e-backup(7)); per
+# job this module writes /etc/e2e-backup/<name>.toml and adds drop-ins to the instances (hooks, key
+# credential, environment, timer schedule). The package's e2e-backup-generator
+# (e2e-backup-generator(8)) is registered: it reads those job files at boot and at each
+# daemon-reload and writes each job's mount units (the sshfs remote, the container's ext4) and,
+# for browse.automount, the browse automount. Option names follow
 # services.borgbackup.jobs and services.restic.backups where the meaning is the same.
 #
 # The server gives each client a chrooted SFTP-only account; with server.history.enable it also
@@ -121,7 +122,7 @@ let
             Browse the job's snapshots read-only at /run/e2e-backup/${name}/browse (browse.automount
             of the job file): a systemd automount, written at boot and at each daemon-reload by
             e2e-backup-generator (of services.e2e-backup.package, which this turns on), mounts
-            them on first access, which brings the stack up (e2e-open@${name}, e2e-mount@${name}),
+            them on first access, which brings the stack up (the job's mount units, e2e-open@${name}),
             and unmounts them after browse.idleTimeout without use, which lets the stack unwind. A
             backup may run meanwhile: it shares the open stack and leaves it open for the browser.
           '';
@@ -229,7 +230,7 @@ let
         example = { E2E_BACKUP_STALL_TIMEOUT = "300"; E2E_GROW = "--by 10%"; };
         description = ''
           Environment variables of every unit of the job that runs an e2e-backup binary:
-          e2e-mount@${name}, e2e-open@, e2e-sync@ (its preHook and postHook too), e2e-grow@,
+          e2e-open@${name}, e2e-sync@ (its preHook and postHook too), e2e-grow@,
           e2e-trim@, e2e-verify@ and e2e-backup@${name}, as Environment= in their drop-ins. The
           binaries pass them on to rsync, ssh and the other tools they run; ENVIRONMENT in
           e2e-sync(1) lists the ones they read. E2E_GROW, the arguments e2e-grow@ passes to
@@ -406,8 +407,7 @@ let
   # The commands of the package's template units (units/*.in, @BINDIR@/ left out), for a job
   # whose units run another package's binaries; nix/check compares them with units/*.in.
   unitCommands = job: {
-    e2e-mount.ExecStart = "e2e-mount --foreground %i";
-    e2e-open = { ExecStart = "e2e-open %i"; ExecStop = "e2e-close --keep-remote %i"; };
+    e2e-open = { ExecStart = "e2e-open --no-mount %i"; ExecStop = "e2e-close --keep-remote %i"; };
     e2e-sync.ExecStart = "e2e-sync %i";
     e2e-grow.ExecStart = "e2e-grow $E2E_GROW %i";
     e2e-trim.ExecStart = "e2e-trim${lib.optionalString (job.remote.nbdPort != 10809)
@@ -481,7 +481,7 @@ let
       # The units that need no drop-in otherwise: only when there is something to put in it.
       (lib.listToAttrs (lib.concatMap (u: optional (runConfig u != { })
         (lib.nameValuePair "${u}@${name}" (dropin { serviceConfig = runConfig u; })))
-        [ "e2e-mount" "e2e-backup" ]))
+        [ "e2e-backup" ]))
     ];
 
   # The backup, verify and trim timers of a job: drop-ins over the package's templates.
@@ -810,12 +810,15 @@ in
         lib.nameValuePair "e2e-backup/${name}.toml" { source = jobFile name job; }) cfg.jobs;
       systemd.services = mkMerge (mapAttrsToList jobServices cfg.jobs);
       systemd.timers = mkMerge (mapAttrsToList jobTimer cfg.jobs);
-      # The browse automounts: mount units are named after their paths, so a generator writes them
-      # from the job files in /etc/e2e-backup (where environment.etc above puts them, the
-      # generator's default directory). Hosts without such a job do not run it.
-      systemd.generators = mkIf (lib.any (job: job.browse.automount) (attrValues cfg.jobs)) {
+      # The jobs' mount units (and browse automounts): mount units are named after their paths,
+      # so a generator writes them from the job files in /etc/e2e-backup (where environment.etc
+      # above puts them, the generator's default directory). The sshfs mount needs no
+      # environment; the units that run the job's binaries get it above.
+      systemd.generators = {
         e2e-backup-generator = "${cfg.package}/lib/systemd/system-generators/e2e-backup-generator";
       };
+      # mount(8) of the generated remote mount unit runs sshfs as its helper mount.fuse.sshfs.
+      system.fsPackages = [ pkgs.sshfs ];
       boot.kernelModules = [ "loop" "dm_crypt" "fuse" ];
     })
 

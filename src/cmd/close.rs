@@ -3,6 +3,7 @@
 use crate::cli::CloseCli;
 use crate::error::{code_of, fail, Code};
 use crate::outcome;
+use crate::remote;
 use crate::stack::close::{held_elsewhere, teardown};
 use crate::stack::{lock, Ctx};
 use anyhow::Result;
@@ -57,5 +58,16 @@ pub fn close(cli: CloseCli) -> Result<Option<PathBuf>> {
                 ),
             )
         })?;
-    outcome::take(record.as_ref()).map(Some)
+    let record = PathBuf::from(record);
+    // Nothing recorded: no layer ran, because the remote's mount unit failed, or one was killed.
+    // A probe of the server turns the first case into the line e2e-mount would have given.
+    if !outcome::recorded(&record) {
+        if let Ok(job) = ctx.job() {
+            if let Err(e) = ctx.run.run(&remote::probe(&job.remote)) {
+                let _ = outcome::take(&record);
+                return Err(e.context("the backup did not run: the remote did not mount"));
+            }
+        }
+    }
+    outcome::take(&record).map(Some)
 }

@@ -208,6 +208,32 @@ fn sync_from_nothing() {
     check("sync", &f.script());
 }
 
+/// e2e-open@.service's part (`e2e-open --no-mount`) on the remote its mount unit mounted: attach,
+/// open, fsck, and no mount (the fs mount unit's). With no remote mounted it refuses, running nothing.
+#[test]
+fn open_between_the_mount_units() {
+    let f = Fixture::new(false).remote_mounted();
+    crate::stack::open::open_unmounted(&f.ctx, &f.job, false).unwrap();
+    let script = f.script();
+    assert!(!script.contains("mount -t ext4"), "{script}");
+    check("open-no-mount", &script);
+    let f = Fixture::new(false);
+    let Err(e) = crate::stack::open::open_unmounted(&f.ctx, &f.job, false) else {
+        panic!("e2e-open --no-mount with no remote mounted did not refuse");
+    };
+    assert!(format!("{e:#}").contains("is not mounted: e2e-open --no-mount opens between the job's mount units; run systemctl daemon-reload"), "{e:#}");
+    assert_eq!(crate::error::code_of(&e), crate::error::Code::Config);
+    assert!(
+        f.ctx
+            .run
+            .script()
+            .iter()
+            .all(|l| l.starts_with('#') || l.starts_with("set ")),
+        "{:?}",
+        f.ctx.run.script()
+    );
+}
+
 #[test]
 fn sync_with_the_remote_mounted() {
     let f = Fixture::new(false).remote_mounted();
@@ -365,7 +391,7 @@ fn create_and_sync_keeps_the_publish_order() {
     let expect_in_order = [
         "set -e".to_string(),
         format!("install -d -m 0700 {run} {run}/remote {run}/fs"),
-        format!("sshfs alice@backup.example.org:/srv/backup/alice {run}/remote -F /dev/null -o allow_other"),
+        format!("sshfs alice@backup.example.org:/srv/backup/alice {run}/remote -o allow_other -o 'ssh_command=ssh -F /dev/null'"),
         format!("test '!' -e {file}"),
         format!("test '!' -L {file}"),
         format!("sh -c 'set -C && : >\"$1\"' e2e-create {building}"),

@@ -60,7 +60,8 @@ pub fn destination(r: &Remote) -> String {
 /// e2e-setup's instructions use this list; tests/man.rs keeps them equal.
 pub const SFTP_REQUESTS: &str = "open,close,read,write,lstat,fstat,setstat,fsetstat,opendir,readdir,remove,mkdir,realpath,stat,rename,posix-rename,statvfs,fsync";
 
-fn sftp_target(r: &Remote) -> String {
+/// `user@host:path`, what sshfs mounts (also a mount unit's `What=`).
+pub fn sftp_target(r: &Remote) -> String {
     let host = if r.host.contains(':') {
         format!("[{}]", r.host)
     } else {
@@ -140,22 +141,34 @@ fn fuse_opt(v: &str) -> String {
     v.replace('\\', "\\\\").replace(',', "\\,")
 }
 
-/// The sshfs invocation (sshfs itself runs ssh with `-x -a -oClearAllForwardings=yes`; `-F
-/// /dev/null` keeps ssh_config out; only ssh options sshfs knows pass its `-o`). No `reconnect`: files opened before a reconnect keep failing, and the loop
-/// device holds exactly such a file, so a dropped link must end the run.
+/// The sshfs options, for `sshfs -o` and for the generated mount unit's `Options=` alike: root's
+/// mount readable by the tools (`allow_other`), ssh without ssh_config (`-F /dev/null`, through
+/// `ssh_command`, which sshfs splits at spaces and which, unlike `-F`, is also a mount option),
+/// then the shared ssh options (sshfs passes the ones ssh knows on to it). sshfs itself adds `-x
+/// -a -oClearAllForwardings=yes`. No `reconnect`: files opened before a reconnect keep failing, and
+/// the loop device holds exactly such a file, so a dropped link must end the run.
+pub fn sshfs_options(r: &Remote) -> Vec<String> {
+    let mut o = vec![
+        "allow_other".to_string(),
+        "ssh_command=ssh -F /dev/null".to_string(),
+    ];
+    o.extend(
+        ssh_options(r)
+            .into_iter()
+            .map(|(k, v)| format!("{k}={}", fuse_opt(&v))),
+    );
+    o
+}
+
+/// The sshfs invocation: `sshfs [-f] SOURCE MOUNTPOINT -o OPTION…` (see [`sshfs_options`]).
 pub fn sshfs(r: &Remote, mountpoint: &Path, foreground: bool) -> Cmd {
     let mut c = Cmd::new("sshfs");
     if foreground {
         c = c.arg("-f");
     }
-    c = c
-        .arg(sftp_target(r))
-        .arg(mountpoint)
-        .args(["-F", "/dev/null"])
-        .arg("-o")
-        .arg("allow_other");
-    for (k, v) in ssh_options(r) {
-        c = c.arg("-o").arg(format!("{k}={}", fuse_opt(&v)));
+    c = c.arg(sftp_target(r)).arg(mountpoint);
+    for o in sshfs_options(r) {
+        c = c.arg("-o").arg(o);
     }
     let r2 = r.clone();
     c.on_fail(move |_, stderr| {
@@ -243,16 +256,17 @@ pub fn fusermount() -> &'static str {
     }
 }
 
-/// pids of sshfs processes serving `mountpoint`.
+/// pids of sshfs processes serving `mountpoint`: started as `sshfs` (e2e-mount) or as mount(8)'s
+/// helper `mount.fuse.sshfs` (the generated mount unit; Debian links it, and `mount.sshfs`, to sshfs).
 pub fn sshfs_pids(k: &Kernel, mountpoint: &Path) -> Vec<i32> {
     let mp = mountpoint.to_string_lossy();
     k.processes()
         .into_iter()
         .filter(|p| {
-            let is_sshfs = p
-                .argv
-                .first()
-                .is_some_and(|a| a == "sshfs" || a.ends_with("/sshfs"));
+            let is_sshfs = p.argv.first().is_some_and(|a| {
+                let name = a.rsplit('/').next().unwrap_or(a);
+                matches!(name, "sshfs" | "mount.fuse.sshfs" | "mount.sshfs")
+            });
             is_sshfs && p.argv.iter().any(|a| a.trim_end_matches('/') == mp)
         })
         .map(|p| p.pid)
@@ -389,10 +403,10 @@ mod tests {
                 "sshfs",
                 "alice@backup.example.org:/srv/backup/alice",
                 "/run/e2e-backup/home/remote",
-                "-F",
-                "/dev/null",
                 "-o",
                 "allow_other",
+                "-o",
+                "ssh_command=ssh -F /dev/null",
                 "-o",
                 "BatchMode=yes",
                 "-o",

@@ -12,7 +12,30 @@ use std::path::Path;
 
 /// Bring the stack up to a mounted filesystem (idempotent), creating the container if allowed.
 pub fn ensure_open(ctx: &Ctx, job: &Job, create: bool, read_only: bool) -> Result<Stack> {
-    open_stack(ctx, job, create, read_only).map_err(|e| {
+    explained(ctx, job, open_stack(ctx, job, create, read_only, true))
+}
+
+/// Bring the stack up to the checked LUKS mapping, on a remote its mount unit mounted, and leave
+/// the filesystem unmounted: e2e-open@.service's part, between the job's two generated mount units
+/// (e2e-backup-generator(8)). A remote that is not mounted is an error: the units are missing.
+pub fn open_unmounted(ctx: &Ctx, job: &Job, create: bool) -> Result<Stack> {
+    let p = &ctx.paths;
+    if !remote::is_mounted(p) && p.kernel.mount_at(&p.fs).is_none() {
+        return Err(fail(
+            Code::Config,
+            format!(
+                "{} is not mounted: e2e-open --no-mount opens between the job's mount units; run systemctl daemon-reload so that e2e-backup-generator writes them for {}, or e2e-open without --no-mount",
+                p.remote.display(),
+                job.origin
+            ),
+        ));
+    }
+    explained(ctx, job, open_stack(ctx, job, create, false, false))
+}
+
+/// A failed bring-up, told as a lost link when that is what it was.
+fn explained(ctx: &Ctx, job: &Job, r: Result<Stack>) -> Result<Stack> {
+    r.map_err(|e| {
         explain_lost_link(
             &ctx.run,
             &ctx.paths,
@@ -24,7 +47,13 @@ pub fn ensure_open(ctx: &Ctx, job: &Job, create: bool, read_only: bool) -> Resul
     })
 }
 
-pub(crate) fn open_stack(ctx: &Ctx, job: &Job, create: bool, read_only: bool) -> Result<Stack> {
+pub(crate) fn open_stack(
+    ctx: &Ctx,
+    job: &Job,
+    create: bool,
+    read_only: bool,
+    mount_fs: bool,
+) -> Result<Stack> {
     let p = &ctx.paths;
     let run = &ctx.run;
     let file = ctx.container_file(job);
@@ -106,8 +135,10 @@ pub(crate) fn open_stack(ctx: &Ctx, job: &Job, create: bool, read_only: bool) ->
             mount_dev = p.overlay_dev.clone();
         }
     }
-    run.run(&fsys::mount(&mount_dev, &p.fs, read_only))
-        .map_err(|e| fsys::name_mmp_holder(run, dev, e))?;
+    if mount_fs {
+        run.run(&fsys::mount(&mount_dev, &p.fs, read_only))
+            .map_err(|e| fsys::name_mmp_holder(run, dev, e))?;
+    }
     undo.done();
     Ok(stack)
 }

@@ -4,7 +4,7 @@ umount /run/e2e-backup/golden/fs
 cryptsetup close e2e-golden
 losetup -d /dev/loop0
 fusermount3 -u /run/e2e-backup/golden/remote
-sshfs alice@backup.example.org:/srv/backup/alice /run/e2e-backup/golden/remote -F /dev/null -o allow_other -o BatchMode=yes -o ConnectTimeout=15 -o StrictHostKeyChecking=yes -o UserKnownHostsFile=/etc/e2e-backup/known_hosts -o GlobalKnownHostsFile=/dev/null -o IdentityFile=/etc/e2e-backup/id_ed25519 -o IdentitiesOnly=yes -o ServerAliveInterval=10 -o ServerAliveCountMax=3 -o Port=22
+sshfs alice@backup.example.org:/srv/backup/alice /run/e2e-backup/golden/remote -o allow_other -o 'ssh_command=ssh -F /dev/null' -o BatchMode=yes -o ConnectTimeout=15 -o StrictHostKeyChecking=yes -o UserKnownHostsFile=/etc/e2e-backup/known_hosts -o GlobalKnownHostsFile=/dev/null -o IdentityFile=/etc/e2e-backup/id_ed25519 -o IdentitiesOnly=yes -o ServerAliveInterval=10 -o ServerAliveCountMax=3 -o Port=22
 loop=$(losetup -f --show --direct-io=on /run/e2e-backup/golden/remote/golden.luks)
 cryptsetup open --key-file $KEYDIR/k "$loop" e2e-golden
 fsck.ext4 -p /dev/mapper/e2e-golden || case $? in 1) ;; *) false ;; esac

@@ -1,6 +1,6 @@
 set -e
 install -d -m 0700 /run/e2e-backup/golden /run/e2e-backup/golden/remote /run/e2e-backup/golden/fs
-sshfs alice@backup.example.org:/srv/backup/alice /run/e2e-backup/golden/remote -F /dev/null -o allow_other -o BatchMode=yes -o ConnectTimeout=15 -o StrictHostKeyChecking=yes -o UserKnownHostsFile=/etc/e2e-backup/known_hosts -o GlobalKnownHostsFile=/dev/null -o IdentityFile=/etc/e2e-backup/id_ed25519 -o IdentitiesOnly=yes -o ServerAliveInterval=10 -o ServerAliveCountMax=3 -o Port=22
+sshfs alice@backup.example.org:/srv/backup/alice /run/e2e-backup/golden/remote -o allow_other -o 'ssh_command=ssh -F /dev/null' -o BatchMode=yes -o ConnectTimeout=15 -o StrictHostKeyChecking=yes -o UserKnownHostsFile=/etc/e2e-backup/known_hosts -o GlobalKnownHostsFile=/dev/null -o IdentityFile=/etc/e2e-backup/id_ed25519 -o IdentitiesOnly=yes -o ServerAliveInterval=10 -o ServerAliveCountMax=3 -o Port=22
 loop=$(losetup -f --show --direct-io=on -r /run/e2e-backup/golden/remote/golden.luks)
 cryptsetup open --key-file $KEYDIR/k --readonly "$loop" e2e-golden
 dumpe2fs -h /dev/mapper/e2e-golden
