@@ -12,7 +12,7 @@ use std::path::Path;
 
 /// Bring the stack up to a mounted filesystem (idempotent), creating the container if allowed.
 pub fn ensure_open(ctx: &Ctx, job: &Job, create: bool, read_only: bool) -> Result<Stack> {
-    explained(ctx, job, open_stack(ctx, job, create, read_only, true))
+    open_explained(ctx, job, create, read_only, true)
 }
 
 /// Bring the stack up to the checked LUKS mapping, on a remote its mount unit mounted, and leave
@@ -30,12 +30,18 @@ pub fn open_unmounted(ctx: &Ctx, job: &Job, create: bool) -> Result<Stack> {
             ),
         ));
     }
-    explained(ctx, job, open_stack(ctx, job, create, false, false))
+    open_explained(ctx, job, create, false, false)
 }
 
-/// A failed bring-up, told as a lost link when that is what it was.
-fn explained(ctx: &Ctx, job: &Job, r: Result<Stack>) -> Result<Stack> {
-    r.map_err(|e| {
+/// The bring-up; when it fails, told as a lost link if that is what it was.
+fn open_explained(
+    ctx: &Ctx,
+    job: &Job,
+    create: bool,
+    read_only: bool,
+    mount_fs: bool,
+) -> Result<Stack> {
+    open_stack(ctx, job, create, read_only, mount_fs).map_err(|e| {
         explain_lost_link(
             &ctx.run,
             &ctx.paths,
