@@ -289,7 +289,8 @@ fn server_instructions(run: &Runner, job: &Job, identity: &Path) -> Result<()> {
          \x20     X11Forwarding no\n\
          \n\
          Then the first backup (it creates the container): e2e-sync --create {job}\n\
-         and every night after: systemctl enable --now e2e-backup@{job}.timer",
+         and every night after: systemctl daemon-reload && systemctl enable --now e2e-backup@{job}.timer\n\
+         (daemon-reload: e2e-backup-generator writes the job's mount units from the new job file)",
         host = r.host,
         user = quote(&r.user),
         path = quote(&r.path),

@@ -46,4 +46,5 @@ ssh-keygen -y -f $KEYDIR/etc/golden.id_ed25519
 #       X11Forwarding no
 # 
 # Then the first backup (it creates the container): e2e-sync --create golden
-# and every night after: systemctl enable --now e2e-backup@golden.timer
+# and every night after: systemctl daemon-reload && systemctl enable --now e2e-backup@golden.timer
+# (daemon-reload: e2e-backup-generator writes the job's mount units from the new job file)
