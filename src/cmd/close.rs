@@ -12,8 +12,9 @@ use std::path::PathBuf;
 /// Tear down from any state, using only what the kernel shows (no job file needed).
 pub fn close(cli: CloseCli) -> Result<Option<PathBuf>> {
     let ctx = Ctx::new(&cli.common)?;
-    // Only for the server's port, to fence a dead link: closing needs no job file.
-    let _ = ctx.job();
+    // For the server's port, to fence a dead link, and for --outcome's probe: closing itself needs
+    // no job file.
+    let job = ctx.job().ok();
     // A run in progress would go on writing into whatever is at fs/ once the container is gone.
     let _lock = match lock(&ctx) {
         Err(e) if cli.force && code_of(&e) == Code::Locked => {
@@ -62,7 +63,7 @@ pub fn close(cli: CloseCli) -> Result<Option<PathBuf>> {
     // Nothing recorded: no layer ran, because the remote's mount unit failed, or one was killed.
     // A probe of the server turns the first case into the line e2e-mount would have given.
     if !outcome::recorded(&record) {
-        if let Ok(job) = ctx.job() {
+        if let Some(job) = &job {
             if let Err(e) = ctx.run.run(&remote::probe(&job.remote)) {
                 let _ = outcome::take(&record);
                 return Err(e.context("the backup did not run: the remote did not mount"));
