@@ -12,6 +12,24 @@ pub fn print_stdout(text: &str) {
     let _ = o.write_all(text.as_bytes()).and_then(|_| o.flush());
 }
 
+static SCRIPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// This process made a dry-run runner: its stdout is a script, and must stay a valid one.
+pub fn stdout_is_a_script() {
+    SCRIPT.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The path a command produced, on stdout. In a dry-run stdout is a script: the path becomes a
+/// comment. Also printed before the error of a run whose result stands (see `cmd::sync`).
+pub fn print_result(p: &std::path::Path) {
+    let script = SCRIPT.load(std::sync::atomic::Ordering::Relaxed);
+    print_stdout(&format!(
+        "{}{}\n",
+        if script { "# " } else { "" },
+        p.display()
+    ));
+}
+
 static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// `-q`: stderr gets only warnings and errors (no logged commands, progress, notes or reports).

@@ -30,7 +30,7 @@ pub use trim::trim;
 
 use crate::error::{code_of, is_repeated};
 use crate::outcome;
-use crate::progress::print_stdout;
+use crate::progress::print_result;
 use crate::progress::{stderr_line, Level};
 use anyhow::Result;
 use std::path::PathBuf;
@@ -78,17 +78,6 @@ pub fn main<C: clap::Parser>(name: &str, f: fn(C) -> Result<Option<PathBuf>>) ->
             ExitCode::from(code)
         }
     }
-}
-
-/// The path a command produced, on stdout. In a dry-run stdout is a script: the path becomes a
-/// comment. Also printed before the error of a run whose result stands (see `cmd::sync`).
-pub(crate) fn print_result(p: &std::path::Path) {
-    let mark = if crate::exec::dry_run_active() {
-        "# "
-    } else {
-        ""
-    };
-    print_stdout(&format!("{mark}{}\n", p.display()));
 }
 
 /// The JSON a `--json` mode prints for `value`, compared byte for byte with

@@ -7,7 +7,9 @@ use crate::exec::{Cmd, Step};
 use crate::filesystem as fsys;
 use crate::manifest;
 use crate::partial;
-use crate::progress::{finish_progress, notify_status, print_json, progress_reporter};
+use crate::progress::{
+    finish_progress, notify_status, print_json, print_result, progress_reporter,
+};
 use crate::snapshots::{self, INFLIGHT, PRUNING};
 use crate::stack::grow::auto_grow;
 use crate::stack::{lock, with_stack, Ctx};
@@ -87,7 +89,7 @@ pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
     if unread > 0 {
         // Published, recorded and pruned like any other: the path is the result all the same.
         if summary.is_none() {
-            super::print_result(&dest);
+            print_result(&dest);
         }
         return Err(fail(
             Code::Incomplete,

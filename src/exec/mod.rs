@@ -9,7 +9,7 @@ use anyhow::Result;
 use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 mod cmd;
@@ -25,13 +25,6 @@ pub use signals::{
 use signals::{CHILD, SIGNAL};
 pub use steps::{Step, Vars};
 pub use undo::Undo;
-
-static DRY_RUN: AtomicBool = AtomicBool::new(false);
-
-/// Whether this process made a dry-run runner (its final output must stay a valid script).
-pub fn dry_run_active() -> bool {
-    DRY_RUN.load(Ordering::Relaxed)
-}
 
 enum Sink {
     Stdout,
@@ -94,7 +87,7 @@ impl Drop for Running {
 impl Runner {
     pub fn new(dry_run: bool, verbose: bool) -> Self {
         if dry_run {
-            DRY_RUN.store(true, Ordering::Relaxed);
+            crate::progress::stdout_is_a_script();
         }
         Runner {
             dry_run,

@@ -50,6 +50,7 @@ pub(crate) fn auto_grow(ctx: &Ctx, job: &Job, stack: &mut Stack) -> Result<()> {
 
 /// Online grow: file → loop capacity → LUKS → ext4 (systemd-homed's order).
 pub(crate) fn grow_to(ctx: &Ctx, job: &Job, stack: &mut Stack, new: u64) -> Result<()> {
+    let key = job.key_file()?; // before touching anything
     let p = &ctx.paths;
     let run = &ctx.run;
     let file = ctx.container_file(job);
@@ -79,7 +80,6 @@ pub(crate) fn grow_to(ctx: &Ctx, job: &Job, stack: &mut Stack, new: u64) -> Resu
             ));
         }
     }
-    let key = job.key_file()?;
     let lp = stack.loop_dev.clone().ok_or_else(|| {
         fail(
             Code::Runtime,
