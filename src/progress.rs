@@ -49,8 +49,21 @@ pub fn info(line: &str) {
 }
 
 /// A result as one line of JSON on stdout (`--json`; the schemas are in docs/contract.md).
-pub fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+pub fn print_json<T: serde::Serialize + ?Sized>(v: &T) -> anyhow::Result<()> {
     print_stdout(&format!("{}\n", serde_json::to_string(v)?));
+    Ok(())
+}
+
+/// A mode's report on stdout: its JSON with `--json` (docs/contract.md), else its text.
+pub fn print_report<T: serde::Serialize + ?Sized>(
+    json: bool,
+    v: &T,
+    text: fn(&T) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        return print_json(v);
+    }
+    print_stdout(&text(v));
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 
 use crate::config::Job;
 use crate::manifest::{self, Manifest};
-use crate::progress::{print_json, print_stdout};
+use crate::progress::print_report;
 use crate::snapshots;
 use crate::stack::{with_stack, Ctx};
 use anyhow::Result;
@@ -72,11 +72,7 @@ pub(crate) fn diff(
         Ok(Some(changes((&a, &ma), (&b, &mb))))
     })?;
     let Some(c) = c else { return Ok(None) };
-    if json {
-        print_json(&c)?;
-    } else {
-        print_stdout(&text(&c));
-    }
+    print_report(json, &c, text)?;
     crate::progress::info(&format!(
         "{} → {}: {} added, {} removed, {} changed (regular files, by contents; see e2e-sync(1))",
         c.old,

@@ -5,7 +5,7 @@ use crate::config::Job;
 use crate::error::{fail, Code};
 use crate::manifest;
 use crate::partial;
-use crate::progress::{print_json, print_stdout};
+use crate::progress::print_report;
 use crate::snapshots;
 use crate::stack::{with_stack, Ctx};
 use crate::timefmt;
@@ -150,11 +150,7 @@ pub(crate) fn history(ctx: &Ctx, job: &Job, path: &str, json: bool) -> Result<Op
             format!("{path} is not a regular file in any snapshot (--history follows one file by its source path; see e2e-sync --diff for what changed)"),
         ));
     }
-    if json {
-        print_json(&v)?;
-    } else {
-        print_stdout(&text(&v));
-    }
+    print_report(json, v.as_slice(), text)?;
     let unknown = v.iter().filter(|v| v.state == "unknown").count();
     if unknown > 0 {
         return Err(fail(

@@ -4,7 +4,7 @@
 
 use crate::config::Job;
 use crate::partial;
-use crate::progress::{print_json, print_stdout};
+use crate::progress::print_report;
 use crate::snapshots;
 use crate::stack::{with_stack, Ctx};
 use crate::summary::{self, RunStats};
@@ -74,11 +74,7 @@ pub(crate) fn text(list: &[Listed]) -> String {
 pub(crate) fn list(ctx: &Ctx, job: &Job, json: bool) -> Result<Option<PathBuf>> {
     // Printed after the stack is closed: nothing the reader does can leave it open.
     let list = with_stack(ctx, job, true, |_| Ok(listing(&ctx.paths.fs)))?;
-    if json {
-        print_json(&list)?;
-    } else {
-        print_stdout(&text(&list));
-    }
+    print_report(json, list.as_slice(), text)?;
     Ok(None)
 }
 
