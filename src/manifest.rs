@@ -2,7 +2,8 @@
 
 use crate::error::{fail, Code};
 use crate::exec::{Cmd, Runner};
-use crate::snapshots::INFLIGHT;
+use crate::filesystem::Kind;
+use crate::snapshots;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -38,11 +39,18 @@ pub(crate) fn hash_listed(
         .with_context(|| format!("reading back {}", out.display()))
 }
 
-/// The manifest of the new snapshot STAMP (still `.inflight`): hashes of files `--link-dest` linked to
-/// the previous snapshot LINK are taken from LINK's manifest; only the files this run wrote are read
-/// and hashed (by `sha256sum`, so a restorer can check a snapshot with stock tools).
-pub(crate) fn build(run: &Runner, fs: &Path, stamp: &str, link: Option<&str>) -> Result<()> {
-    let dir = fs.join("snapshots").join(format!("{stamp}{INFLIGHT}"));
+/// The manifest of the new snapshot STAMP, made from the tree rsync wrote (`snapshots::work_dir`)
+/// before it is published: hashes of files this run did not write are taken from the previous
+/// snapshot LINK's manifest; only the files this run wrote are read and hashed (by `sha256sum`, so
+/// a restorer can check a snapshot with stock tools).
+pub(crate) fn build(
+    run: &Runner,
+    fs: &Path,
+    stamp: &str,
+    link: Option<&str>,
+    kind: Kind,
+) -> Result<()> {
+    let dir = snapshots::work_dir(kind, fs, stamp);
     let manifest = path(fs, stamp);
     let (tmp, todo, part) = (
         manifest.with_extension("sha256.tmp"),
@@ -69,8 +77,9 @@ pub(crate) fn build(run: &Runner, fs: &Path, stamp: &str, link: Option<&str>) ->
             Err(_) => None,
         }
     });
-    let (mut all, names) = split_for_hashing(&dir, prev.as_ref().map(|(d, m)| (d.as_path(), m)))
-        .with_context(|| format!("cannot list the new snapshot {}", dir.display()))?;
+    let (mut all, names) =
+        split_for_hashing(&dir, prev.as_ref().map(|(d, m)| (d.as_path(), m)), kind)
+            .with_context(|| format!("cannot list the new snapshot {}", dir.display()))?;
     let hashed = hash_listed(run, &dir, &names, &todo, &part, false)?;
     if hashed.len() != names.len() {
         return Err(fail(
@@ -185,14 +194,17 @@ pub fn checksum_list_cmd(dir: &Path, list: &Path, out: &Path) -> Cmd {
         .arg(out)
 }
 
-/// Which regular files of the new snapshot `new` need hashing. A file that is the same inode as the
-/// file at the same path in the previous snapshot `prev` was hard-linked there by `--link-dest`:
-/// its bytes are the ones `prev`'s manifest recorded, so that hash is reused (reading it again would
-/// fetch every unchanged byte back from the server on every run). Returns (reused entries, names to
-/// hash), names `./`-relative as in manifests, sorted.
+/// Which regular files of the new snapshot `new` need hashing. A file this run did not write holds
+/// the bytes the previous snapshot `prev`'s manifest recorded, so that hash is reused (reading it
+/// again would fetch every unchanged byte back from the server on every run). Not written means: on
+/// ext4, the same inode as the file at the same path in `prev` (`--link-dest` hard-linked it); on
+/// btrfs, the same inode number and the same ctime (a snapshot keeps both; any write by rsync
+/// changes the ctime, which cannot be set). Returns (reused entries, names to hash), names
+/// `./`-relative as in manifests, sorted.
 pub fn split_for_hashing(
     new: &Path,
     prev: Option<(&Path, &Manifest)>,
+    kind: Kind,
 ) -> std::io::Result<(Manifest, Vec<Vec<u8>>)> {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::MetadataExt;
@@ -216,9 +228,15 @@ pub fn split_for_hashing(
             let same = prev.and_then(|(dir, m)| {
                 let a = e.metadata().ok()?;
                 let b = std::fs::symlink_metadata(dir.join(&rel)).ok()?;
-                (a.dev() == b.dev() && a.ino() == b.ino())
-                    .then(|| m.get(&name).cloned())
-                    .flatten()
+                let unwritten = match kind {
+                    Kind::Ext4 => a.dev() == b.dev() && a.ino() == b.ino(),
+                    Kind::Btrfs => {
+                        a.ino() == b.ino()
+                            && (a.ctime(), a.ctime_nsec()) == (b.ctime(), b.ctime_nsec())
+                            && a.size() == b.size()
+                    }
+                };
+                unwritten.then(|| m.get(&name).cloned()).flatten()
             });
             match same {
                 Some(sum) => {
@@ -343,7 +361,7 @@ mod tests {
         let mut m = Manifest::new();
         m.insert(b"./sub/same".to_vec(), b"1".repeat(64));
         m.insert(b"./changed".to_vec(), b"2".repeat(64));
-        let (reused, todo) = split_for_hashing(&new, Some((&prev, &m))).unwrap();
+        let (reused, todo) = split_for_hashing(&new, Some((&prev, &m)), Kind::Ext4).unwrap();
         assert_eq!(reused.keys().collect::<Vec<_>>(), [b"./sub/same"]);
         assert_eq!(
             todo,
@@ -353,7 +371,7 @@ mod tests {
                 b"./moved".to_vec()
             ]
         );
-        let (reused, todo) = split_for_hashing(&new, None).unwrap();
+        let (reused, todo) = split_for_hashing(&new, None, Kind::Ext4).unwrap();
         assert!(reused.is_empty());
         assert_eq!(todo.len(), 4);
         // Rendered records parse back to the same manifest.

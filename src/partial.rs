@@ -13,7 +13,8 @@
 
 use crate::error::{Code, Fail};
 use crate::exec::{Cmd, Step};
-use crate::snapshots::{self, INFLIGHT};
+use crate::filesystem::Kind;
+use crate::snapshots;
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 
@@ -73,25 +74,47 @@ pub fn parse(stderr: &str) -> Result<Vec<Unread>, String> {
 /// Each unread source path with what stands in for it.
 pub type StandIns = Vec<(Unread, Stand)>;
 
-/// An rsync that exited 23 into snapshot `stamp` (under `snaps`): for each source path it could
-/// not read, the previous version out of snapshot `link` in its place (the steps that put it
-/// there), or nothing, and which. An error that was not about reading the source fails the run.
+/// An rsync that exited 23 into snapshot `stamp` of the container mounted at `fs`: for each source
+/// path it could not read, the previous version out of snapshot `link` in its place (the steps that
+/// put it there), or nothing, and which. An error that was not about reading the source fails the
+/// run.
+///
+/// ext4: the new snapshot lacks the unread paths; the old versions are hard-linked in. btrfs: the
+/// working tree may hold a half-rewritten file (rsync in place) or a version older than `link`'s,
+/// so the path is removed and `link`'s version reflinked in (a copy that shares its extents).
 pub fn stand_in(
     stderr: &str,
-    snaps: &Path,
+    fs: &Path,
     stamp: &str,
     link: Option<&str>,
+    kind: Kind,
 ) -> Result<(Vec<Step>, StandIns)> {
     let unread = parse(stderr).map_err(|line| {
         snapshots::rsync_failure(&line).unwrap_or_else(|| Fail::new(Code::Runtime, line))
     })?;
-    let inflight = snaps.join(format!("{stamp}{INFLIGHT}"));
+    let snaps = fs.join("snapshots");
+    let work = snapshots::work_dir(kind, fs, stamp);
     let mut steps = Vec::new();
     let mut entries = Vec::new();
     for u in unread {
-        let target = inflight.join(u.path.trim_start_matches('/'));
+        let target = work.join(u.path.trim_start_matches('/'));
         let old = link.and_then(|l| previous(&snaps.join(l), &u.path));
+        if kind == Kind::Btrfs {
+            steps.push(Step::run(Cmd::new("rm").arg("-rf").arg(&target)));
+        }
         let stand = match old {
+            Some(old) if kind == Kind::Btrfs => {
+                if let Some(parent) = target.parent() {
+                    steps.push(Step::run(Cmd::new("mkdir").arg("-p").arg(parent)));
+                }
+                steps.push(Step::run(
+                    Cmd::new("cp")
+                        .args(["-a", "--reflink=always", "-T"])
+                        .arg(&old)
+                        .arg(&target),
+                ));
+                Stand::Stale
+            }
             Some(old) if old.is_dir() => {
                 steps.push(Step::run(
                     Cmd::new("cp").args(["-al", "-T"]).arg(&old).arg(&target),
@@ -229,10 +252,11 @@ rsync warning: some files vanished before they could be transferred (code 24) at
     #[test]
     fn the_previous_version_stands_in_where_there_is_one() {
         let d = tempfile::tempdir().unwrap();
-        let snaps = d.path();
+        let fs = d.path();
+        let snaps = &fs.join("snapshots");
         std::fs::create_dir_all(snaps.join("OLD/data/rerr/locked")).unwrap();
         std::fs::write(snaps.join("OLD/data/rerr/bad"), "v1").unwrap();
-        let (steps, entries) = stand_in(EIO, snaps, "NEW", Some("OLD")).unwrap();
+        let (steps, entries) = stand_in(EIO, fs, "NEW", Some("OLD"), Kind::Ext4).unwrap();
         let stands: Vec<(&str, Stand)> =
             entries.iter().map(|(u, s)| (u.path.as_str(), *s)).collect();
         assert_eq!(
@@ -267,7 +291,36 @@ rsync warning: some files vanished before they could be transferred (code 24) at
         );
         let e =
             format!("{EIO}rsync: [receiver] mkstemp \"/x\" failed: Read-only file system (30)\n");
-        assert!(stand_in(&e, snaps, "NEW", Some("OLD")).is_err());
+        assert!(stand_in(&e, fs, "NEW", Some("OLD"), Kind::Ext4).is_err());
+    }
+
+    #[test]
+    fn on_btrfs_the_previous_version_replaces_what_the_working_tree_holds() {
+        let d = tempfile::tempdir().unwrap();
+        let fs = d.path();
+        let old = fs.join("snapshots/OLD/data/rerr");
+        std::fs::create_dir_all(old.join("locked")).unwrap();
+        std::fs::write(old.join("bad"), "v1").unwrap();
+        let (steps, entries) = stand_in(EIO, fs, "NEW", Some("OLD"), Kind::Btrfs).unwrap();
+        let stands: Vec<Stand> = entries.iter().map(|e| e.1).collect();
+        assert_eq!(stands, [Stand::Stale, Stand::Stale, Stand::Missing]);
+        let r = crate::exec::Runner::buffered();
+        r.all(steps).unwrap();
+        let new = fs.join("current/data/rerr");
+        let (o, n) = (old.display(), new.display());
+        assert_eq!(
+            r.script()[1..],
+            [
+                format!("rm -rf {n}/bad"),
+                format!("mkdir -p {n}"),
+                format!("cp -a --reflink=always -T {o}/bad {n}/bad"),
+                format!("rm -rf {n}/locked"),
+                format!("mkdir -p {n}"),
+                format!("cp -a --reflink=always -T {o}/locked {n}/locked"),
+                // No earlier version: whatever the working tree holds there goes.
+                format!("rm -rf {}", fs.join("current/data/gone").display()),
+            ]
+        );
     }
 
     #[test]

@@ -1,9 +1,11 @@
-//! Snapshots inside the container: rsync with `--link-dest`, inflight → rename → `latest`,
-//! restore, progress parsing.
+//! Snapshots inside the container, by the engine its filesystem gives: ext4, rsync with
+//! `--link-dest` into `STAMP.inflight`, then a rename; btrfs, rsync in place into the working tree
+//! `current`, then a read-only subvolume snapshot of it. Then `latest`; restore; progress parsing.
 
 use crate::config::Sync;
 use crate::error::{Code, Fail};
 use crate::exec::Cmd;
+use crate::filesystem::{btrfs, Kind};
 use crate::timefmt::parse_stamp;
 use std::path::{Path, PathBuf};
 
@@ -35,6 +37,24 @@ pub fn latest(fs: &Path) -> Option<String> {
     let target = std::fs::read_link(fs.join("latest")).ok()?;
     let name = target.strip_prefix("snapshots").ok()?.to_str()?.to_string();
     (parse_stamp(&name).is_some() && fs.join("snapshots").join(&name).is_dir()).then_some(name)
+}
+
+/// The tree a run's rsync writes: ext4, a new `snapshots/STAMP.inflight` (the files that did not
+/// change hard-linked from the previous snapshot); btrfs, the working tree `current`, updated in
+/// place and then snapshotted.
+pub fn work_dir(kind: Kind, fs: &Path, stamp: &str) -> PathBuf {
+    match kind {
+        Kind::Ext4 => fs.join("snapshots").join(format!("{stamp}{INFLIGHT}")),
+        Kind::Btrfs => fs.join(btrfs::CURRENT),
+    }
+}
+
+/// Remove a snapshot, or what a cut left of one (`.inflight`, `.prune`).
+pub fn discard(kind: Kind, dir: &Path) -> Cmd {
+    match kind {
+        Kind::Ext4 => Cmd::new("rm").arg("-rf").arg(dir),
+        Kind::Btrfs => btrfs::delete(dir),
+    }
 }
 
 /// The rsync log of snapshot `stamp`, inside the container (its stats feed `--list --json`).
@@ -70,25 +90,29 @@ fn rsync_common(sync: &Sync) -> Cmd {
     c
 }
 
-/// The backup rsync. Sources are transferred with `--relative` so `/home` and `/var/lib/x` keep
-/// their full paths inside the snapshot and cannot collide. `--link-dest` is relative to the
-/// destination, hence `../STAMP`.
-pub fn rsync_backup(sync: &Sync, fs: &Path, stamp: &str, link_dest: Option<&str>) -> Cmd {
+/// The backup rsync into [`work_dir`]. Sources are transferred with `--relative` so `/home` and
+/// `/var/lib/x` keep their full paths inside the snapshot and cannot collide.
+///
+/// - ext4: `--link-dest` to the previous snapshot `link` (relative to the destination, hence
+///   `../STAMP`): an unchanged file becomes a hard link, a changed one a new file.
+/// - btrfs: `--inplace`: a changed file keeps its inode and the blocks rsync writes become new
+///   extents, while the snapshots keep the old ones; an unchanged file is not touched at all.
+///   `--ignore-errors`: deletions go ahead after a read error (by default rsync then skips them
+///   all, and a snapshot would keep files deleted at the source); the unread paths themselves are
+///   put back from the previous snapshot afterwards (`partial::stand_in`).
+pub fn rsync_backup(sync: &Sync, fs: &Path, stamp: &str, link: Option<&str>, kind: Kind) -> Cmd {
     let mut c = rsync_common(sync)
         .args(["--info=progress2", "--stats"])
         // No data between rsync's processes for 10 min (a source or destination that hangs):
         // rsync gives up instead of holding the job's lock forever.
         .arg("--timeout=600")
         .arg(format!("--log-file={}", log_path(fs, stamp).display()));
-    if let Some(l) = link_dest {
-        c = c.arg(format!("--link-dest=../{l}"));
+    match (kind, link) {
+        (Kind::Ext4, Some(l)) => c = c.arg(format!("--link-dest=../{l}")),
+        (Kind::Ext4, None) => {}
+        (Kind::Btrfs, _) => c = c.args(["--inplace", "--ignore-errors"]),
     }
-    let dest = format!(
-        "{}/",
-        fs.join("snapshots")
-            .join(format!("{stamp}{INFLIGHT}"))
-            .display()
-    );
+    let dest = format!("{}/", work_dir(kind, fs, stamp).display());
     let c = c
         .args(&sync.rsync_args)
         .args(&sync.paths)
@@ -234,7 +258,13 @@ mod tests {
             skip_unchanged: false,
         };
         let fs = Path::new("/run/e2e-backup/home/fs");
-        let c = rsync_backup(&s, fs, "2024-01-02T03:04:05Z", Some("2024-01-01T03:04:05Z"));
+        let c = rsync_backup(
+            &s,
+            fs,
+            "2024-01-02T03:04:05Z",
+            Some("2024-01-01T03:04:05Z"),
+            Kind::Ext4,
+        );
         assert_eq!(
             c.argv(),
             [
@@ -263,7 +293,7 @@ mod tests {
         assert!(c
             .script_line()
             .ends_with("|| case $? in 24) ;; *) false ;; esac"));
-        let c = rsync_backup(&s, fs, "2024-01-02T03:04:05Z", None);
+        let c = rsync_backup(&s, fs, "2024-01-02T03:04:05Z", None, Kind::Ext4);
         assert!(!c.argv().iter().any(|a| a.starts_with("--link-dest")));
         // The probe compares exactly what the backup would, against the snapshot itself.
         let p = rsync_probe(&s, fs, "2024-01-01T03:04:05Z").argv();

@@ -32,7 +32,6 @@
 //! (the kernel log, for a generator): a generator must never fail the boot over one job.
 
 use crate::config::{self, Job, Overrides};
-use crate::filesystem as fsys;
 use crate::paths::{JobPaths, RUN_BASE};
 use crate::remote;
 use anyhow::{Context, Result};
@@ -135,7 +134,7 @@ pub fn units(job: &Job, source: &Path) -> Result<Vec<(String, String)>> {
          [Mount]\n\
          What={what}\n\
          Where={where_}\n\
-         Type=ext4\n\
+         Type={kind}\n\
          Options={options}\n\
          DirectoryMode=0700\n\
          # The unmount flushes what rsync wrote, over the network: minutes under load.\n\
@@ -143,7 +142,8 @@ pub fn units(job: &Job, source: &Path) -> Result<Vec<(String, String)>> {
         head("the container's filesystem"),
         what = p.dm_dev.display(),
         where_ = p.fs.display(),
-        options = fsys::mount_options(false),
+        kind = job.container.filesystem.name(),
+        options = job.container.filesystem.mount_options(false),
     );
     let mut out = Vec::new();
     if job.browse.automount {

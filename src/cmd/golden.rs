@@ -151,8 +151,8 @@ impl Fixture {
     }
 
     fn sync(&self) -> anyhow::Result<()> {
-        with_stack(&self.ctx, &self.job, false, |_| {
-            super::sync::backup(&self.ctx, &self.job)
+        with_stack(&self.ctx, &self.job, false, |stack| {
+            super::sync::backup(&self.ctx, &self.job, stack.fs)
         })
         .map(drop)
     }

@@ -5,7 +5,7 @@
 use crate::config::{Job, Retention};
 use crate::error::{fail, Code};
 use crate::exec::{Cmd, Step};
-use crate::filesystem as fsys;
+use crate::filesystem::{self as fsys, Kind};
 use crate::manifest;
 use crate::partial;
 use crate::progress::print_stdout;
@@ -59,7 +59,7 @@ fn clock_behind(stamps: &[(String, i64)]) -> Option<String> {
 
 /// Delete the snapshots no rule keeps. Each goes by rename to `.prune` first (a cut mid-`rm` leaves
 /// a name the next run recognises and finishes), then one flush for all.
-fn remove(ctx: &Ctx, v: &[Verdict]) -> Result<usize> {
+fn remove(ctx: &Ctx, kind: Kind, v: &[Verdict]) -> Result<usize> {
     let fs = ctx.paths.fs.as_path();
     let snaps = fs.join("snapshots");
     let mut steps = Vec::new();
@@ -70,7 +70,7 @@ fn remove(ctx: &Ctx, v: &[Verdict]) -> Result<usize> {
         steps.push(Step::run(
             Cmd::new("mv").arg("-T").arg(snaps.join(s)).arg(&gone),
         ));
-        steps.push(Step::run(Cmd::new("rm").arg("-rf").arg(&gone)));
+        steps.push(Step::run(snapshots::discard(kind, &gone)));
         steps.push(Step::run(Cmd::rm_f(manifest::path(fs, s))));
         steps.push(Step::run(Cmd::rm_f(partial::record_path(fs, s))));
         let checks = unchanged::record_path(fs, s);
@@ -89,6 +89,7 @@ fn remove(ctx: &Ctx, v: &[Verdict]) -> Result<usize> {
 pub(super) fn after_sync(
     ctx: &Ctx,
     job: &Job,
+    kind: Kind,
     before: &[(String, i64)],
     (stamp, now): (&str, i64),
 ) -> Result<()> {
@@ -98,14 +99,14 @@ pub(super) fn after_sync(
     }
     let mut all = before.to_vec();
     all.push((stamp.to_string(), now));
-    remove(ctx, &verdicts(&all, &job.retention, Some(stamp)))?;
+    remove(ctx, kind, &verdicts(&all, &job.retention, Some(stamp)))?;
     Ok(())
 }
 
 /// `e2e-sync --prune [--preview]`: print the verdict on every snapshot (stdout), then delete the
 /// removed ones (not with `--preview`, which opens read-only).
 pub(crate) fn prune(ctx: &Ctx, job: &Job, preview: bool) -> Result<Option<PathBuf>> {
-    with_stack(ctx, job, preview, |_| {
+    with_stack(ctx, job, preview, |stack| {
         let fs = ctx.paths.fs.as_path();
         if ctx.run.is_dry() && !ctx.fs_mounted() {
             ctx.run.note(
@@ -134,7 +135,7 @@ pub(crate) fn prune(ctx: &Ctx, job: &Job, preview: bool) -> Result<Option<PathBu
         if preview {
             return Ok(None);
         }
-        let n = remove(ctx, &v)?;
+        let n = remove(ctx, stack.fs, &v)?;
         crate::notice!(
             "pruned {n} of {} snapshot(s) per [retention] of {}",
             v.len(),

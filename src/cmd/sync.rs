@@ -4,7 +4,7 @@ use crate::cli::SyncCli;
 use crate::config::Job;
 use crate::error::{fail, Code};
 use crate::exec::{Cmd, Step};
-use crate::filesystem as fsys;
+use crate::filesystem::{self as fsys, btrfs, Kind};
 use crate::manifest;
 use crate::partial;
 use crate::progress::{
@@ -61,7 +61,7 @@ pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
         if !cli.no_grow {
             auto_grow(&ctx, &job, stack)?;
         }
-        let published = backup(&ctx, &job)?;
+        let published = backup(&ctx, &job, stack.fs)?;
         let dest = published.dest.clone();
         if let Some(since) = &published.unchanged_since {
             // Nothing new: the latest snapshot is the result; nothing to record or prune.
@@ -75,7 +75,7 @@ pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
         ctx.record_history(&job, &published.stamp, &dest)?;
         if !cli.no_prune && ctx.consistent.get() {
             let new = (published.stamp.as_str(), published.now);
-            super::prune::after_sync(&ctx, &job, &published.before, new)?;
+            super::prune::after_sync(&ctx, &job, stack.fs, &published.before, new)?;
         }
         notify_status(&format!("snapshot {} done", dest.display()));
         // (read while the container is open: the figures come from the run's log inside it)
@@ -209,9 +209,11 @@ pub(super) struct Published {
 /// The publish order. Nothing that points at a snapshot may become durable before the snapshot's
 /// data and manifest (rsync does not fsync; ext4 commits metadata every 5 s, data later), so:
 ///
-/// 1. rsync into `<stamp>.inflight`, write `manifests/<stamp>.sha256`;
+/// 1. rsync into the work tree (ext4: `<stamp>.inflight`; btrfs: `current`), write
+///    `manifests/<stamp>.sha256`;
 /// 2. flush (syncfs): the data and the manifest are on the server;
-/// 3. rename `<stamp>.inflight` → `<stamp>`, then `latest.tmp` → `latest`;
+/// 3. publish `<stamp>` (ext4: rename `<stamp>.inflight` → `<stamp>`; btrfs: a read-only snapshot
+///    of `current`, made in one transaction), then `latest.tmp` → `latest`;
 /// 4. flush: the snapshot and `latest` are durable;
 /// 5. (caller) record {stamp, manifest hash, LUKS UUID} on the client;
 /// 6. (caller, `prune::after_sync`) only then delete old snapshots, and flush again.
@@ -220,7 +222,7 @@ pub(super) struct Published {
 /// leaves a complete new snapshot. Before rsync and before each rename the run checks that `fs/` is
 /// still the container's filesystem (an `e2e-close --force` or a lost mount must not turn the rest of
 /// the run into plaintext writes to the client's /run).
-pub(super) fn backup(ctx: &Ctx, job: &Job) -> Result<Published> {
+pub(super) fn backup(ctx: &Ctx, job: &Job, kind: Kind) -> Result<Published> {
     let run = &ctx.run;
     let fs = ctx.paths.fs.as_path();
     let snaps = fs.join("snapshots");
@@ -229,7 +231,7 @@ pub(super) fn backup(ctx: &Ctx, job: &Job) -> Result<Published> {
     // .prune was already on its way out.
     let mut steps = Vec::new();
     for l in &leftovers {
-        steps.push(Step::run(Cmd::new("rm").arg("-rf").arg(snaps.join(l))));
+        steps.push(Step::run(snapshots::discard(kind, &snaps.join(l))));
         if let Some(s) = l.strip_suffix(INFLIGHT) {
             let m = manifest::path(fs, s);
             for ext in [
@@ -277,7 +279,17 @@ pub(super) fn backup(ctx: &Ctx, job: &Job) -> Result<Published> {
             });
         }
     }
-    let cmd = snapshots::rsync_backup(&job.sync, fs, &stamp, link.as_deref());
+    if kind == Kind::Btrfs {
+        // The working tree, made by a container's first run (and again should it be gone).
+        let work = snapshots::work_dir(kind, fs, &stamp);
+        if run.is_dry() && !ctx.fs_mounted() {
+            run.note("a real run first creates the working tree current/ if it is missing:");
+        }
+        if std::fs::symlink_metadata(&work).is_err() {
+            ctx.in_container(vec![Step::run(btrfs::create(&work))])?;
+        }
+    }
+    let cmd = snapshots::rsync_backup(&job.sync, fs, &stamp, link.as_deref(), kind);
     let out = run.run_streaming(&cmd, progress_reporter())?;
     finish_progress();
     let vanished = partial::vanished(&out.stderr);
@@ -290,7 +302,8 @@ pub(super) fn backup(ctx: &Ctx, job: &Job) -> Result<Published> {
     // Exit 23: what stands in for each unread source path, and the snapshot's record of them, go
     // in before the manifest is made and the snapshot published.
     let unread = if out.code == 23 {
-        let (mut steps, entries) = partial::stand_in(&out.stderr, &snaps, &stamp, link.as_deref())?;
+        let (mut steps, entries) =
+            partial::stand_in(&out.stderr, fs, &stamp, link.as_deref(), kind)?;
         let record = partial::record_path(fs, &stamp);
         steps.push(ctx.write_record(&record, &partial::render(&entries))?);
         ctx.in_container(steps)?;
@@ -300,19 +313,20 @@ pub(super) fn backup(ctx: &Ctx, job: &Job) -> Result<Published> {
     };
     // 1. The checksum manifest (inside the container) is complete before the snapshot is: a snapshot
     // never exists without one. A read error here fails the run; the .inflight goes next run.
-    manifest::build(run, fs, &stamp, link.as_deref())?;
+    manifest::build(run, fs, &stamp, link.as_deref(), kind)?;
     // 2. - 4.
     let dest = snaps.join(&stamp);
     let latest_tmp = fs.join("latest.tmp");
     ctx.in_container(vec![
         Step::note("publish order: flush data and manifest before anything points at them"),
         Step::run(fsys::sync_fs(fs)),
-        Step::run(
-            Cmd::new("mv")
+        Step::run(match kind {
+            Kind::Ext4 => Cmd::new("mv")
                 .arg("-T")
                 .arg(snaps.join(format!("{stamp}{INFLIGHT}")))
                 .arg(&dest),
-        ),
+            Kind::Btrfs => btrfs::snapshot(&snapshots::work_dir(kind, fs, &stamp), &dest),
+        }),
         // `latest` moves atomically: a symlink beside it, then renamed over.
         Step::run(
             Cmd::new("ln")

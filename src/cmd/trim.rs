@@ -112,8 +112,11 @@ pub fn trim(cli: TrimCli) -> Result<Option<PathBuf>> {
         },
     ))?;
     undo.push(ct::luks_close(&p.dm_name));
-    fsys::check_and_repair(run, &p.kernel, &p.dm_dev)?;
-    run.run(&fsys::mount(&p.dm_dev, &p.fs, false))?;
+    let kind = crate::stack::open::detect(&ctx, &job)?;
+    if kind == fsys::Kind::Ext4 {
+        fsys::check_and_repair(run, &p.kernel, &p.dm_dev)?;
+    }
+    run.run(&kind.mount(&p.dm_dev, &p.fs, false))?;
     undo.push(fsys::umount(&p.fs));
     let out = run.run(&fsys::fstrim(&p.fs))?;
     let claimed = fsys::parse_fstrim(&out.stdout);

@@ -50,6 +50,7 @@ pub struct RawContainer {
     pub auto_grow_step: Option<String>,
     pub max_size: Option<String>,
     pub server_reserve: Option<String>,
+    pub filesystem: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -12,6 +12,7 @@ use file::{parse_file, RawFile};
 pub use key::{check_key_file, MIN_KEY_BYTES};
 
 use crate::error::{fail, Code};
+use crate::filesystem::Kind;
 use crate::paths::validate_job;
 use crate::remote::Remote;
 use crate::size::{parse_size, parse_size_spec, SizeSpec, MAX_CONTAINER, MIN_CONTAINER};
@@ -75,6 +76,8 @@ pub struct Container {
     pub auto_grow_step: SizeSpec,
     pub max_size: Option<u64>,
     pub server_reserve: u64,
+    /// The filesystem a new container gets, and the one every open expects to find.
+    pub filesystem: Kind,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -296,6 +299,15 @@ fn resolve(job: &str, raw: RawFile, ov: &Overrides, origin: &str) -> Result<Job>
         max_size: size_field(c.max_size, "container.max_size")?,
         server_reserve: size_field(c.server_reserve, "container.server_reserve")?
             .unwrap_or(1 << 30),
+        filesystem: match c.filesystem.as_deref() {
+            None => Kind::default(),
+            Some(f) => Kind::parse(f).ok_or_else(|| {
+                bad(
+                    "container.filesystem",
+                    format!("{f:?} is not a filesystem e2e-backup makes: \"ext4\" (the default) or \"btrfs\""),
+                )
+            })?,
+        },
         file,
     };
     // LUKS2 takes 16 MiB of header; ext4 needs room after it. ext4 ends at 1 EiB (64-bit, 4 KiB blocks).
@@ -304,6 +316,17 @@ fn resolve(job: &str, raw: RawFile, ov: &Overrides, origin: &str) -> Result<Job>
         ("container.max_size", container.max_size),
     ] {
         if let Some(n) = v {
+            let min = container.filesystem.min_container();
+            if n < min && min > MIN_CONTAINER {
+                return Err(bad(
+                    key,
+                    format!(
+                        "{n} bytes is too small for a {} container: give at least {}M",
+                        container.filesystem.name(),
+                        min >> 20
+                    ),
+                ));
+            }
             if !(MIN_CONTAINER..=MAX_CONTAINER).contains(&n) {
                 return Err(bad(
                     key,

@@ -204,3 +204,30 @@ fn exclude_filter_rules_refused() {
         assert_eq!(filter_rule_prefix(e), None, "{e}");
     }
 }
+
+#[test]
+fn filesystem_is_ext4_unless_btrfs_is_asked_for() {
+    let with = |v: &str| FULL.replace("[sync]", &format!("filesystem = {v}\n\n[sync]"));
+    let none = Overrides::default();
+    assert_eq!(res(FULL, &none).unwrap().container.filesystem, Kind::Ext4);
+    let j = res(&with("\"btrfs\""), &none).unwrap();
+    assert_eq!(j.container.filesystem, Kind::Btrfs);
+    let e = res(&with("\"xfs\""), &none).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "/etc/e2e-backup/home.toml: container.filesystem: \"xfs\" is not a filesystem e2e-backup makes: \"ext4\" (the default) or \"btrfs\""
+    );
+    // mkfs.btrfs needs room that ext4 does not.
+    let small = Overrides {
+        size: Some("64M".into()),
+        ..Overrides::default()
+    };
+    assert!(res(FULL, &small).is_ok());
+    let e = res(&with("\"btrfs\""), &small).unwrap_err();
+    assert!(
+        e.to_string().ends_with(
+            "container.size: 67108864 bytes is too small for a btrfs container: give at least 128M"
+        ),
+        "{e}"
+    );
+}

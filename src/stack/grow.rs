@@ -90,7 +90,7 @@ pub(crate) fn grow_to(ctx: &Ctx, job: &Job, stack: &mut Stack, new: u64) -> Resu
         )
     })?;
     ct::grow(run, &file, &lp, &p.dm_name, &key, new)?;
-    run.run(&fsys::resize2fs(&p.dm_dev))?;
+    run.run(&stack.fs.grow(&p.dm_dev, &p.fs))?;
     stack.size = Some(new);
     Ok(())
 }

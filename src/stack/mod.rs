@@ -212,6 +212,8 @@ pub struct Stack {
     pub loop_dev: Option<Arg>,
     /// Container file size if known.
     pub size: Option<u64>,
+    /// The filesystem the container holds (read from it; the job file's in a dry-run).
+    pub fs: crate::filesystem::Kind,
 }
 
 /// Run `f` with the stack open, then leave it as found (also when `f` fails).

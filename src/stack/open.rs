@@ -82,12 +82,14 @@ pub(crate) fn open_stack(
                 ),
             ));
         }
+        let fs = fsys::detected(&m.fstype, job.container.filesystem, &job.origin)?;
         return Ok(Stack {
             mounted_remote: false,
             opened: false,
             overlay: None,
             loop_dev: existing_loop(),
             size: size_now(),
+            fs,
         });
     }
     let key = job.key_file()?; // before touching anything
@@ -108,6 +110,7 @@ pub(crate) fn open_stack(
         overlay: None,
         loop_dev: None,
         size: if blind { None } else { size_now() },
+        fs: job.container.filesystem,
     };
 
     if p.kernel.dm_slaves(&p.dm_name).is_some() {
@@ -130,19 +133,25 @@ pub(crate) fn open_stack(
             &mut stack,
         )?;
     }
+    if !created {
+        stack.fs = detect(ctx, job)?;
+    }
+    let ext4 = stack.fs == fsys::Kind::Ext4;
     // A filesystem mkfs just made needs no check (and the check would cost another MMP wait).
-    if !read_only && !created {
+    // btrfs has no check to run before a mount: the mount itself replays its log, and every block
+    // is checked against its checksum when read.
+    if !read_only && !created && ext4 {
         fsys::check_and_repair(run, &p.kernel, dev)?;
     }
     let mut mount_dev = dev.to_path_buf();
-    if read_only {
+    if read_only && ext4 {
         if let Some(cow) = open_overlay(ctx, &mut undo)? {
             stack.overlay = Some(cow);
             mount_dev = p.overlay_dev.clone();
         }
     }
     if mount_fs {
-        run.run(&fsys::mount(&mount_dev, &p.fs, read_only))
+        run.run(&stack.fs.mount(&mount_dev, &p.fs, read_only))
             .map_err(|e| fsys::name_mmp_holder(run, dev, e))?;
     }
     undo.done();
@@ -221,7 +230,7 @@ fn create_container(
         run.run(&Cmd::rm_f(&building))?;
     }
     let lp = ct::format(run, undo, &building, size, key, &p.dm_name)?;
-    run.run(&fsys::mkfs(dev, &p.dm_name))?;
+    run.run(&job.container.filesystem.mkfs(dev, &p.dm_name))?;
     if !blind && ct::present(&file)? {
         return Err(fail(
             Code::Refused,
@@ -236,6 +245,16 @@ fn create_container(
     stack.loop_dev = Some(lp);
     stack.size = Some(size);
     Ok(())
+}
+
+/// The filesystem the opened mapping holds, refused unless it is the job file's (a dry-run, which
+/// cannot look, takes the job file's word).
+pub(crate) fn detect(ctx: &Ctx, job: &Job) -> Result<fsys::Kind> {
+    let want = job.container.filesystem;
+    match ctx.run.query(&fsys::detect(&ctx.paths.dm_dev))? {
+        Some(out) => Ok(fsys::detected(&out, want, &job.origin)?),
+        None => Ok(want),
+    }
 }
 
 /// Open the existing container: check it is a LUKS container the account may use, attach, open.

@@ -1,5 +1,6 @@
 set -e
 # a real run first checks that the mounted remote answers, and tears the stack down if not
+blkid -p -s TYPE -o value /dev/mapper/e2e-golden || case $? in 2) ;; *) false ;; esac
 fsck.ext4 -p /dev/mapper/e2e-golden || case $? in 1) ;; *) false ;; esac
 mount -t ext4 -o rw,nosuid,nodev,noinit_itable,errors=remount-ro,data_err=abort /dev/mapper/e2e-golden /run/e2e-backup/golden/fs
 install -d -m 0700 /run/e2e-backup/golden/fs/snapshots /run/e2e-backup/golden/fs/logs /run/e2e-backup/golden/fs/manifests

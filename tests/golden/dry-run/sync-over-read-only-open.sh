@@ -7,6 +7,7 @@ fusermount3 -u /run/e2e-backup/golden/remote
 sshfs alice@backup.example.org:/srv/backup/alice /run/e2e-backup/golden/remote -o allow_other -o 'ssh_command=ssh -F /dev/null' -o BatchMode=yes -o ConnectTimeout=15 -o StrictHostKeyChecking=yes -o UserKnownHostsFile=/etc/e2e-backup/known_hosts -o GlobalKnownHostsFile=/dev/null -o IdentityFile=/etc/e2e-backup/id_ed25519 -o IdentitiesOnly=yes -o ServerAliveInterval=10 -o ServerAliveCountMax=3 -o Port=22
 loop=$(losetup -f --show --direct-io=on /run/e2e-backup/golden/remote/golden.luks)
 cryptsetup open --key-file $KEYDIR/k "$loop" e2e-golden
+blkid -p -s TYPE -o value /dev/mapper/e2e-golden || case $? in 2) ;; *) false ;; esac
 fsck.ext4 -p /dev/mapper/e2e-golden || case $? in 1) ;; *) false ;; esac
 mount -t ext4 -o rw,nosuid,nodev,noinit_itable,errors=remount-ro,data_err=abort /dev/mapper/e2e-golden /run/e2e-backup/golden/fs
 install -d -m 0700 /run/e2e-backup/golden/fs/snapshots /run/e2e-backup/golden/fs/logs /run/e2e-backup/golden/fs/manifests

@@ -1,20 +1,129 @@
-//! The ext4 filesystem inside the container: mkfs, fsck, mount/umount, resize2fs, fstrim, statvfs.
+//! The filesystem inside the container: ext4 (the default) or btrfs (`container.filesystem`), each
+//! also the engine that makes snapshots (`snapshots`). mkfs, fsck, mount/umount, grow, fstrim, statvfs.
+
+pub mod btrfs;
 
 use crate::error::{Code, Fail};
 use crate::exec::Cmd;
 use anyhow::{Context, Result};
 use std::path::Path;
 
+/// Which filesystem a container holds. The filesystem itself is the record of the choice: every open
+/// reads its type from the opened mapping ([`detect`]) and refuses a job file that says otherwise.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Kind {
+    /// ext4 with multi-mount protection; snapshots are hard-link farms (`rsync --link-dest`).
+    #[default]
+    Ext4,
+    /// btrfs; snapshots are read-only subvolume snapshots of a working tree rsync updates in place.
+    Btrfs,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 2] = [Kind::Ext4, Kind::Btrfs];
+
+    /// The name in job files, mount(8)'s `-t` and blkid's TYPE.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Ext4 => "ext4",
+            Kind::Btrfs => "btrfs",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == s)
+    }
+
+    /// The smallest container this filesystem fits in (mkfs.btrfs refuses below ~114 MiB).
+    pub fn min_container(self) -> u64 {
+        match self {
+            Kind::Ext4 => crate::size::MIN_CONTAINER,
+            Kind::Btrfs => 128 << 20,
+        }
+    }
+
+    pub fn mkfs(self, dev: &Path, label: &str) -> Cmd {
+        match self {
+            Kind::Ext4 => mkfs_ext4(dev, label),
+            Kind::Btrfs => btrfs::mkfs(dev, label),
+        }
+    }
+
+    /// `mount -t KIND -o OPTIONS DEV MOUNTPOINT` (see [`Kind::mount_options`]).
+    pub fn mount(self, dev: &Path, mountpoint: &Path, read_only: bool) -> Cmd {
+        let c = Cmd::new("mount")
+            .args(["-t", self.name(), "-o", self.mount_options(read_only)])
+            .arg(dev)
+            .arg(mountpoint);
+        match self {
+            // The kernel's MMP refusal reaches mount(8) only as EBUSY.
+            Kind::Ext4 => c.on_fail(|_, out| mmp_refusal(&out.replace("busy", "in use"))),
+            Kind::Btrfs => c,
+        }
+    }
+
+    /// The mount options, for e2e-open's mount and the generated mount unit's `Options=`.
+    pub fn mount_options(self, read_only: bool) -> &'static str {
+        match self {
+            Kind::Ext4 => ext4_mount_options(read_only),
+            Kind::Btrfs => btrfs::mount_options(read_only),
+        }
+    }
+
+    /// Grow the filesystem online to fill its (already grown) device.
+    pub fn grow(self, dev: &Path, mountpoint: &Path) -> Cmd {
+        match self {
+            Kind::Ext4 => Cmd::new("resize2fs").arg(dev),
+            Kind::Btrfs => btrfs::resize_max(mountpoint),
+        }
+    }
+}
+
+/// `blkid -p`: the filesystem type on the opened mapping, probed from the device itself (not from
+/// blkid's cache). Its output is read by [`detected`].
+pub fn detect(dev: &Path) -> Cmd {
+    Cmd::new("blkid")
+        .args(["-p", "-s", "TYPE", "-o", "value"])
+        .arg(dev)
+        // 2: nothing recognised on the device.
+        .ok_code(2)
+}
+
+/// The filesystem a container holds, from [`detect`]'s output, or the one line that says what is
+/// wrong: a container of the other kind than the job file names, or none we know.
+pub fn detected(out: &str, want: Kind, origin: &str) -> Result<Kind, Fail> {
+    let found = out.trim();
+    match Kind::parse(found) {
+        Some(k) if k == want => Ok(k),
+        Some(k) => Err(Fail::new(
+            Code::Config,
+            format!(
+                "the container holds {} but {origin} says container.filesystem = \"{}\": set it to \"{}\" (the filesystem is chosen when the container is created)",
+                k.name(),
+                want.name(),
+                k.name()
+            ),
+        )),
+        None => Err(Fail::new(
+            Code::Refused,
+            format!(
+                "the opened container holds {}, not ext4 or btrfs: not a container of e2e-backup's, or damaged; nothing was changed",
+                if found.is_empty() { "no filesystem blkid knows" } else { found }
+            ),
+        )),
+    }
+}
+
 /// mkfs.ext4 for a container on an untrusted, sparse, remote file.
 ///
 /// - `-m0`: no root reserve; the container is backup data only.
 /// - `lazy_itable_init=1,lazy_journal_init=1`: do not write every inode table and the journal now
 ///   (tens of GiB of ciphertext over the network on a large container, and no sparseness left);
-///   combined with `noinit_itable` at mount (see [`mount`]) they are never written in the background.
+///   combined with `noinit_itable` at mount (see [`ext4_mount_options`]) they are never written in the background.
 /// - `-O mmp`: multi-mount protection. The MMP block lives inside the encrypted container (the
 ///   server learns nothing) and names the holder's host; a second host's fsck/mount then refuses.
 ///   It costs a delay at mount (2 × mmp_update_interval + 1 s) — measured in the VM suite.
-pub fn mkfs(dev: &Path, label: &str) -> Cmd {
+fn mkfs_ext4(dev: &Path, label: &str) -> Cmd {
     Cmd::new("mkfs.ext4")
         .args([
             "-q",
@@ -141,24 +250,14 @@ pub fn fsck(dev: &Path) -> Cmd {
         })
 }
 
-/// `mount -t ext4 -o OPTIONS DEV MOUNTPOINT` (see [`mount_options`]).
-pub fn mount(dev: &Path, mountpoint: &Path, read_only: bool) -> Cmd {
-    Cmd::new("mount")
-        .args(["-t", "ext4", "-o", mount_options(read_only)])
-        .arg(dev)
-        .arg(mountpoint)
-        // The kernel's MMP refusal reaches mount(8) only as EBUSY.
-        .on_fail(|_, out| mmp_refusal(&out.replace("busy", "in use")))
-}
-
-/// The ext4 mount options, for e2e-open's mount and the generated mount unit's `Options=`:
+/// The ext4 mount options:
 /// `errors=remount-ro` so a lost link stops writes instead of spreading damage;
 /// `data_err=abort` so a failed *data* write (the server's disk full under the sparse file, the
 /// link gone) aborts the journal too — ext4's default only logs it, and the run would go on to
 /// rename a snapshot whose blocks never reached the server;
 /// `noinit_itable` so the kernel never zeroes inode tables in the background (that would allocate
-/// them on the server and send them over the network — see [`mkfs`]).
-pub fn mount_options(read_only: bool) -> &'static str {
+/// them on the server and send them over the network — see [`mkfs_ext4`]).
+fn ext4_mount_options(read_only: bool) -> &'static str {
     if read_only {
         "ro,nosuid,nodev,noinit_itable"
     } else {
@@ -182,10 +281,6 @@ pub fn needs_recovery(superblock: &str) -> bool {
 
 pub fn umount(mountpoint: &Path) -> Cmd {
     Cmd::new("umount").arg(mountpoint)
-}
-
-pub fn resize2fs(dev: &Path) -> Cmd {
-    Cmd::new("resize2fs").arg(dev)
 }
 
 pub fn fstrim(mountpoint: &Path) -> Cmd {
@@ -219,14 +314,17 @@ mod tests {
     fn argv() {
         let dev = Path::new("/dev/mapper/e2e-home");
         assert_eq!(
-            mkfs(dev, "e2e-home").render(),
+            Kind::Ext4.mkfs(dev, "e2e-home").render(),
             "mkfs.ext4 -q -m0 -E lazy_itable_init=1,lazy_journal_init=1 -O mmp -L e2e-home /dev/mapper/e2e-home"
         );
         assert_eq!(
-            mount(dev, Path::new("/run/e2e-backup/home/fs"), false).render(),
+            Kind::Ext4
+                .mount(dev, Path::new("/run/e2e-backup/home/fs"), false)
+                .render(),
             "mount -t ext4 -o rw,nosuid,nodev,noinit_itable,errors=remount-ro,data_err=abort /dev/mapper/e2e-home /run/e2e-backup/home/fs"
         );
-        assert!(mount(dev, Path::new("/x"), true)
+        assert!(Kind::Ext4
+            .mount(dev, Path::new("/x"), true)
             .render()
             .contains("-o ro,nosuid,nodev,noinit_itable "));
         assert_eq!(

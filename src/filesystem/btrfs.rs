@@ -1,0 +1,64 @@
+//! btrfs inside the container: what differs from ext4 in making, mounting and growing it. The
+//! snapshot engine on top of it is in `snapshots`.
+
+use crate::exec::Cmd;
+use std::path::Path;
+
+/// The working tree a btrfs container's runs update in place; each snapshot is a read-only
+/// snapshot of it (`snapshots`).
+pub const CURRENT: &str = "current";
+
+/// mkfs.btrfs for a container on an untrusted, sparse, remote file.
+///
+/// - `--nodiscard`: no TRIM of the whole new device (through a loop on sshfs it is swallowed; over
+///   NBD it would only punch holes the new sparse file already has).
+/// - `-m dup`: two copies of every metadata block. The server holds the blocks: one it garbles is
+///   then repaired from the other copy on read (btrfs checksums every block), not just detected.
+///   Data has one copy; a garbled data block fails its read (checksum), and the manifest check names
+///   the file.
+pub fn mkfs(dev: &Path, label: &str) -> Cmd {
+    Cmd::new("mkfs.btrfs")
+        .args(["-q", "--nodiscard", "-m", "dup", "-d", "single", "-L"])
+        .arg(label)
+        .arg(dev)
+}
+
+/// `nosuid,nodev` as for ext4. Read-only: `rescue=nologreplay`, because a read-only device cannot
+/// take the replay of a log tree an unclean stop left (ext4 needs an overlay for its journal; btrfs
+/// can skip the log, which holds only fsyncs since the last commit: every snapshot is committed).
+pub fn mount_options(read_only: bool) -> &'static str {
+    if read_only {
+        "ro,nosuid,nodev,rescue=nologreplay"
+    } else {
+        "rw,nosuid,nodev"
+    }
+}
+
+/// Online grow to the size of the (grown) device.
+pub fn resize_max(mountpoint: &Path) -> Cmd {
+    Cmd::new("btrfs")
+        .args(["filesystem", "resize", "max"])
+        .arg(mountpoint)
+}
+
+/// A read-only snapshot of the working tree: the atomic publish of the btrfs engine.
+pub fn snapshot(current: &Path, dest: &Path) -> Cmd {
+    Cmd::new("btrfs")
+        .args(["-q", "subvolume", "snapshot", "-r"])
+        .arg(current)
+        .arg(dest)
+}
+
+/// Delete a subvolume (a snapshot being pruned): one step, whatever it holds.
+pub fn delete(subvolume: &Path) -> Cmd {
+    Cmd::new("btrfs")
+        .args(["-q", "subvolume", "delete"])
+        .arg(subvolume)
+}
+
+/// Create the working tree on a container's first run.
+pub fn create(subvolume: &Path) -> Cmd {
+    Cmd::new("btrfs")
+        .args(["-q", "subvolume", "create"])
+        .arg(subvolume)
+}
