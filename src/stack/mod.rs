@@ -104,8 +104,17 @@ impl Ctx {
         let p = &self.paths;
         let fs = std::fs::metadata(&p.fs).map(|m| m.dev());
         let dm = std::fs::metadata(&p.dm_dev).map(|m| m.rdev());
+        // btrfs gives its files an anonymous device number: the mount table ties fs/ to the device.
+        let of_dm = || {
+            let real = |d: &Path| std::fs::canonicalize(d).ok();
+            p.kernel.mount_at(&p.fs).is_some_and(|m| {
+                m.fstype == "btrfs"
+                    && real(Path::new(&m.source)).is_some_and(|s| Some(s) == real(&p.dm_dev))
+            })
+        };
         match (fs, dm) {
             (Ok(a), Ok(b)) if a == b && self.fs_mounted() => Ok(()),
+            (Ok(_), Ok(_)) if of_dm() => Ok(()),
             _ => Err(fail(
                 Code::Runtime,
                 format!(
