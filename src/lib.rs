@@ -10,6 +10,7 @@ pub mod error;
 pub mod exec;
 pub mod filesystem;
 pub mod kernel;
+pub mod lease;
 pub mod manifest;
 pub mod outcome;
 pub mod partial;

@@ -1,0 +1,191 @@
+//! Cross-host exclusion for a container whose filesystem has none of its own (btrfs; ext4 has
+//! multi-mount protection). Not wired in yet: the keeper process and its place in bring-up and
+//! teardown come next (see docs/btrfs.md).
+//!
+//! The lease is one 4 KiB block: the first of the opened LUKS mapping, which btrfs never uses (it
+//! keeps the first MiB of its device free; its superblock is at 64 KiB). It is encrypted like
+//! everything else in the container: the server sees a 4 KiB write every few seconds while the
+//! container is open, which it can tell from the open sshfs connection anyway.
+//!
+//! The protocol is ext4 MMP's, so it needs no clock shared between hosts and no step by hand after
+//! a crash:
+//! - acquire: read the block. Free (or never written): claim. Held: wait [`Lease::wait`] and read
+//!   again. Changed: a live holder, refused (named). Unchanged: the holder stopped without releasing
+//!   (a crash): claim.
+//! - claim: write a random sequence number, wait [`Lease::wait`], read again: still ours, held;
+//!   otherwise another host claimed at the same moment: refused.
+//! - hold: every interval, read (still ours, else the container is lost: fence) and write seq + 1.
+//! - release: write the block free.
+
+/// The block's size and alignment (direct I/O on the mapping).
+pub const BLOCK: usize = 4096;
+const MAGIC: &[u8; 16] = b"e2e-backup lease";
+const VERSION: u32 = 1;
+
+/// What the lease block says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub held: bool,
+    /// Changes at every heartbeat of the holder.
+    pub seq: u64,
+    /// The holder's heartbeat interval.
+    pub interval_ms: u32,
+    pub pid: u32,
+    /// The holder's node name (inside the encryption: the server does not see it).
+    pub holder: String,
+}
+
+impl Lease {
+    /// How long a reader waits for a live holder's next heartbeat: MMP's 2 × interval + 1 s.
+    pub fn wait(&self, own_interval_ms: u32) -> std::time::Duration {
+        let i = u64::from(self.interval_ms.max(own_interval_ms));
+        std::time::Duration::from_millis(2 * i + 1000)
+    }
+
+    pub fn encode(&self) -> [u8; BLOCK] {
+        let mut b = [0u8; BLOCK];
+        b[..16].copy_from_slice(MAGIC);
+        b[16..20].copy_from_slice(&VERSION.to_le_bytes());
+        b[20..24].copy_from_slice(&u32::from(self.held).to_le_bytes());
+        b[24..32].copy_from_slice(&self.seq.to_le_bytes());
+        b[32..36].copy_from_slice(&self.interval_ms.to_le_bytes());
+        b[36..40].copy_from_slice(&self.pid.to_le_bytes());
+        let name = self.holder.as_bytes();
+        let n = name.len().min(64);
+        b[40..40 + n].copy_from_slice(&name[..n]);
+        let sum = crc(&b[..104]);
+        b[104..108].copy_from_slice(&sum.to_le_bytes());
+        b
+    }
+
+    /// The lease in `b`; `None`: never written (a new container's zeros), or torn or not ours — to
+    /// be treated as held by someone unknown until it stops changing.
+    pub fn decode(b: &[u8]) -> Option<Lease> {
+        if b.len() < 108 || &b[..16] != MAGIC {
+            return None;
+        }
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
+        if u32_at(16) != VERSION || u32_at(104) != crc(&b[..104]) {
+            return None;
+        }
+        let name = &b[40..104];
+        let end = name.iter().position(|&c| c == 0).unwrap_or(name.len());
+        Some(Lease {
+            held: u32_at(20) == 1,
+            seq: u64::from_le_bytes(b[24..32].try_into().unwrap()),
+            interval_ms: u32_at(32),
+            pid: u32_at(36),
+            holder: String::from_utf8_lossy(&name[..end]).into_owned(),
+        })
+    }
+}
+
+/// What a reader makes of two reads of the block taken [`Lease::wait`] apart.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Free, or a holder that stopped beating: claim it.
+    Claim,
+    /// A live holder (its node name if the block names one).
+    Refuse(Option<String>),
+}
+
+/// The first read alone: a free block (or one never written: all zeros) can be claimed at once;
+/// anything else needs a second read after the wait.
+pub fn free(first: &[u8]) -> bool {
+    match Lease::decode(first) {
+        Some(l) => !l.held,
+        None => first.iter().all(|&c| c == 0),
+    }
+}
+
+/// Two reads of a block that was not free: a holder is alive if the block changed in between.
+pub fn verdict(first: &[u8], second: &[u8]) -> Verdict {
+    if first == second {
+        return Verdict::Claim;
+    }
+    match Lease::decode(second) {
+        Some(l) if !l.held => Verdict::Claim, // released in the meantime
+        Some(l) => Verdict::Refuse(Some(l.holder)),
+        None => Verdict::Refuse(None),
+    }
+}
+
+/// A claim checked after the wait: the block must still hold our sequence number.
+pub fn still_ours(block: &[u8], seq: u64) -> bool {
+    Lease::decode(block).is_some_and(|l| l.held && l.seq == seq)
+}
+
+/// CRC-32 (IEEE) of `data`: a torn write of the block must not read as a lease.
+fn crc(data: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in data {
+        c ^= u32::from(b);
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0xEDB8_8320
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(seq: u64, holder: &str) -> Lease {
+        Lease {
+            held: true,
+            seq,
+            interval_ms: 5000,
+            pid: 42,
+            holder: holder.into(),
+        }
+    }
+
+    #[test]
+    fn a_block_reads_back_as_written_and_a_torn_one_does_not() {
+        let l = held(7, "client-a");
+        let b = l.encode();
+        assert_eq!(Lease::decode(&b), Some(l));
+        let mut torn = b;
+        torn[30] ^= 1;
+        assert_eq!(Lease::decode(&torn), None);
+        assert_eq!(Lease::decode(&[0u8; BLOCK]), None);
+        assert_eq!(crc(b"123456789"), 0xCBF4_3926); // the standard check value
+    }
+
+    #[test]
+    fn verdicts() {
+        let zeros = [0u8; BLOCK];
+        assert!(free(&zeros));
+        let released = Lease {
+            held: false,
+            ..held(9, "client-a")
+        }
+        .encode();
+        assert!(free(&released));
+        let a1 = held(1, "client-a").encode();
+        let a2 = held(2, "client-a").encode();
+        assert!(!free(&a1));
+        // A holder that beat between the reads is alive; one that did not is gone.
+        assert_eq!(verdict(&a1, &a2), Verdict::Refuse(Some("client-a".into())));
+        assert_eq!(verdict(&a1, &a1), Verdict::Claim);
+        assert_eq!(verdict(&a1, &released), Verdict::Claim);
+        // Garbage that keeps changing is someone's: refused, unnamed.
+        let mut g = [1u8; BLOCK];
+        let g1 = g;
+        g[0] = 2;
+        assert!(!free(&g1));
+        assert_eq!(verdict(&g1, &g), Verdict::Refuse(None));
+        assert!(still_ours(&a2, 2));
+        assert!(!still_ours(&a2, 1));
+        assert!(!still_ours(&released, 9));
+        assert_eq!(
+            held(1, "x").wait(2000),
+            std::time::Duration::from_millis(11_000)
+        );
+    }
+}
