@@ -133,6 +133,10 @@ pub struct OpenCli {
     /// must be mounted already (how e2e-open@.service runs, see e2e-backup-generator(8))
     #[arg(long, conflicts_with = "read_only")]
     pub no_mount: bool,
+    /// (started by the bring-up of a btrfs container, not by hand) keep its lease from SEQ on until
+    /// SIGTERM, then release it
+    #[arg(long, hide = true, value_name = "SEQ")]
+    pub keep_lease: Option<u64>,
 }
 
 /// Back up the job's paths into a new snapshot, or restore from one.
@@ -278,6 +282,10 @@ pub struct CloseCli {
     /// the failing layer's error line and exit code; no recorded outcome is a failure
     #[arg(long)]
     pub outcome: bool,
+    /// (a step of teardown, not for use by hand) stop the lease keeper of the job's btrfs
+    /// container and leave its lease free
+    #[arg(long, hide = true)]
+    pub release_lease: bool,
 }
 
 #[cfg(test)]

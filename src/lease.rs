@@ -1,6 +1,7 @@
 //! Cross-host exclusion for a container whose filesystem has none of its own (btrfs; ext4 has
-//! multi-mount protection). Not wired in yet: the keeper process and its place in bring-up and
-//! teardown come next (see docs/btrfs.md).
+//! multi-mount protection): bring-up takes the lease ([`take`]) before the read-write mount and
+//! leaves a keeper process (`e2e-open --keep-lease`) that beats until teardown releases it
+//! (`e2e-close --release-lease`, after the unmount, before `cryptsetup close`).
 //!
 //! The lease is one 4 KiB block: the first of the opened LUKS mapping, which btrfs never uses (it
 //! keeps the first MiB of its device free; its superblock is at 64 KiB). It is encrypted like
@@ -17,8 +18,16 @@
 //! - hold: every interval, read (still ours, else the container is lost: fence) and write seq + 1.
 //! - release: write the block free.
 
+use crate::error::{fail, Code};
+use anyhow::{Context, Result};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::time::Duration;
+
 /// The block's size and alignment (direct I/O on the mapping).
 pub const BLOCK: usize = 4096;
+/// The holder's heartbeat: MMP's default. A taker waits 2 × this + 1 s.
+pub const INTERVAL_MS: u32 = 5000;
 const MAGIC: &[u8; 16] = b"e2e-backup lease";
 const VERSION: u32 = 1;
 
@@ -113,6 +122,165 @@ pub fn verdict(first: &[u8], second: &[u8]) -> Verdict {
 /// A claim checked after the wait: the block must still hold our sequence number.
 pub fn still_ours(block: &[u8], seq: u64) -> bool {
     Lease::decode(block).is_some_and(|l| l.held && l.seq == seq)
+}
+
+#[repr(C, align(4096))]
+struct Aligned([u8; BLOCK]);
+
+/// The block as the server holds it now: direct I/O, past every cache of this host (the mapping's,
+/// the loop's, sshfs's), as ext4's MMP reads its block.
+pub fn read(dev: &Path) -> Result<[u8; BLOCK]> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_DIRECT)
+        .open(dev)
+        .with_context(|| format!("lease: cannot open {}", dev.display()))?;
+    let mut b = Box::new(Aligned([0; BLOCK]));
+    f.read_exact_at(&mut b.0, 0)
+        .with_context(|| format!("lease: cannot read {}", dev.display()))?;
+    Ok(b.0)
+}
+
+/// Write the block through to the server (direct and synchronous I/O).
+pub fn write(dev: &Path, l: &Lease) -> Result<()> {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::libc::O_DIRECT | nix::libc::O_DSYNC)
+        .open(dev)
+        .with_context(|| format!("lease: cannot open {}", dev.display()))?;
+    let b = Box::new(Aligned(l.encode()));
+    f.write_all_at(&b.0, 0)
+        .with_context(|| format!("lease: cannot write {}", dev.display()))
+}
+
+fn refused(holder: Option<&str>) -> anyhow::Error {
+    let who = holder
+        .filter(|h| !h.is_empty())
+        .map(|h| format!(" (held by host {h})"))
+        .unwrap_or_default();
+    fail(
+        Code::Refused,
+        format!("container is in use by another host{who}: close it there first (the btrfs container's lease)"),
+    )
+}
+
+/// Take the lease of the opened container `dev` for host `me` (the keeper's pid to be: `pid`), or
+/// refuse with exit 4 naming the holder. Returns the sequence number the keeper goes on from. Costs
+/// one wait of 2 × interval + 1 s (two when a crashed holder's lease is taken over).
+pub fn take(dev: &Path, me: &str, pid: u32) -> Result<u64> {
+    let first = read(dev)?;
+    if !free(&first) {
+        let l = Lease::decode(&first);
+        let wait = l.as_ref().map_or(
+            Duration::from_millis(2 * u64::from(INTERVAL_MS) + 1000),
+            |l| l.wait(INTERVAL_MS),
+        );
+        crate::progress::info(&format!(
+            "lease: held by {}; waiting {} s for its next beat",
+            l.as_ref()
+                .map_or("an unknown holder", |l| l.holder.as_str()),
+            wait.as_secs()
+        ));
+        std::thread::sleep(wait);
+        let second = read(dev)?;
+        if let Verdict::Refuse(who) = verdict(&first, &second) {
+            return Err(refused(who.as_deref()));
+        }
+        if let Some(l) = l.filter(|l| l.held) {
+            crate::notice!(
+                "the lease of host {} was not renewed for {} s: its holder stopped without closing (a crash); taking it over",
+                l.holder,
+                wait.as_secs()
+            );
+        }
+    }
+    let mut r = [0u8; 8];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut r)?;
+    let seq = u64::from_le_bytes(r);
+    let mine = Lease {
+        held: true,
+        seq,
+        interval_ms: INTERVAL_MS,
+        pid,
+        holder: me.trim().to_string(),
+    };
+    write(dev, &mine)?;
+    let wait = mine.wait(INTERVAL_MS);
+    crate::progress::info(&format!(
+        "lease: claimed; checking for {} s that no other host claims it too",
+        wait.as_secs()
+    ));
+    std::thread::sleep(wait);
+    let back = read(dev)?;
+    if !still_ours(&back, seq) {
+        return Err(refused(Lease::decode(&back).map(|l| l.holder).as_deref()));
+    }
+    Ok(seq)
+}
+
+/// Release this host's lease on `dev`: stop its keeper (pid in `pid_file`), which writes the block
+/// free on SIGTERM; if the keeper is gone without doing so, write it free here, but only if the
+/// block names host `me` (never another host's lease).
+pub fn release(dev: &Path, pid_file: &Path, me: &str) -> Result<()> {
+    let keeper = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .map(nix::unistd::Pid::from_raw);
+    if let Some(pid) = keeper {
+        use nix::sys::signal::{kill, Signal};
+        let alive = || kill(pid, None).is_ok();
+        let _ = kill(pid, Signal::SIGTERM);
+        let until = std::time::Instant::now() + Duration::from_millis(3 * u64::from(INTERVAL_MS));
+        while alive() && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if alive() {
+            crate::warning!("the lease keeper (pid {pid}) did not stop: killing it");
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+    }
+    let _ = std::fs::remove_file(pid_file);
+    if dev.exists() {
+        let b = read(dev)?;
+        if let Some(l) = Lease::decode(&b).filter(|l| l.held && l.holder == me.trim()) {
+            write(
+                dev,
+                &Lease {
+                    held: false,
+                    seq: l.seq.wrapping_add(1),
+                    ..l
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// A sibling binary of this one (the six are installed side by side).
+fn sibling(name: &str) -> std::path::PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join(name)))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| name.into())
+}
+
+/// The keeper, started once the lease is taken: in its own session, so that it outlives a by-hand
+/// `e2e-open` (under systemd it stays in e2e-open@'s cgroup).
+pub fn keeper_cmd(job: &str, seq: u64) -> crate::exec::Cmd {
+    crate::exec::Cmd::new("setsid")
+        .arg("-f")
+        .arg(sibling("e2e-open"))
+        .arg("--keep-lease")
+        .arg(seq.to_string())
+        .arg(job)
+}
+
+/// The teardown step that stops the keeper and leaves the lease free ([`release`]).
+pub fn release_cmd(job: &str) -> crate::exec::Cmd {
+    crate::exec::Cmd::new(&sibling("e2e-close").display().to_string())
+        .arg("--release-lease")
+        .arg(job)
 }
 
 /// CRC-32 (IEEE) of `data`: a torn write of the block must not read as a lease.

@@ -43,6 +43,8 @@ pub struct JobPaths {
     pub owner: PathBuf,
     /// Left by `e2e-close --force` under a running run, so that run names why its steps failed.
     pub forced: PathBuf,
+    /// The pid of the process that keeps a btrfs container's lease (`lease`).
+    pub lease_keeper: PathBuf,
     /// ssh control socket of the NBD tunnel (e2e-trim).
     pub ssh_ctl: PathBuf,
     pub dm_name: String,
@@ -74,6 +76,7 @@ impl JobPaths {
             lock: dir.join("lock"),
             owner: dir.join("opened-by"),
             forced: dir.join("closed-by-force"),
+            lease_keeper: dir.join("lease.pid"),
             ssh_ctl: dir.join("ssh.ctl"),
             dm_dev: Path::new("/dev/mapper").join(&dm_name),
             overlay_dev: Path::new("/dev/mapper").join(format!("{dm_name}+ro")),

@@ -17,6 +17,7 @@ complete -c e2e-close -s q -l quiet -d 'Only warnings and errors on stderr: no l
 complete -c e2e-close -l keep-remote -d 'Leave the sshfs mount in place'
 complete -c e2e-close -l force -d 'Close even while a run of this job holds its lock (a stale lock; a running sync keeps its filesystem mounted all the same)'
 complete -c e2e-close -l outcome -d 'Then exit with the outcome of the job\'s last backup run through the systemd units, read from the file $E2E_BACKUP_OUTCOME names (what e2e-backup@JOB.service runs): the sync\'s snapshot, or the failing layer\'s error line and exit code; no recorded outcome is a failure'
+complete -c e2e-close -l release-lease -d '(a step of teardown, not for use by hand) stop the lease keeper of the job\'s btrfs container and leave its lease free'
 complete -c e2e-close -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c e2e-close -s V -l version -d 'Print version'
 function __e2e_backup_jobs

@@ -11,6 +11,7 @@ complete -c e2e-open -l size -d 'Container size at creation, e.g. 64G (container
 complete -c e2e-open -l key-file -d 'LUKS key file (container.key_file)' -r -F
 complete -c e2e-open -l source -d 'Source path to back up, repeatable (sync.paths)' -r
 complete -c e2e-open -l exclude -d 'rsync exclude pattern, repeatable (sync.exclude)' -r
+complete -c e2e-open -l keep-lease -d '(started by the bring-up of a btrfs container, not by hand) keep its lease from SEQ on until SIGTERM, then release it' -r
 complete -c e2e-open -l dry-run -d 'Print the commands that would run, shell-quoted, one per line, as a script; run none'
 complete -c e2e-open -s v -l verbose -d 'Also show the output of the commands run'
 complete -c e2e-open -s q -l quiet -d 'Only warnings and errors on stderr: no logged commands, progress, notes or reports (for cron and scripts; stdout and the exit code are unchanged)'

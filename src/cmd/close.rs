@@ -12,6 +12,12 @@ use std::path::PathBuf;
 /// Tear down from any state, using only what the kernel shows (no job file needed).
 pub fn close(cli: CloseCli) -> Result<Option<PathBuf>> {
     let ctx = Ctx::new(&cli.common)?;
+    if cli.release_lease {
+        // A step of a teardown that holds the job's lock itself: no lock taken here.
+        let p = &ctx.paths;
+        crate::lease::release(&p.dm_dev, &p.lease_keeper, &p.kernel.hostname())?;
+        return Ok(None);
+    }
     // For the server's port, to fence a dead link, and for --outcome's probe: closing itself needs
     // no job file.
     let job = ctx.job().ok();

@@ -224,6 +224,8 @@ pub(crate) struct KernelView {
     /// Loop devices whose backing file lies under the job's remote/.
     remote_loops: Vec<PathBuf>,
     ssh_ctl: bool,
+    /// A btrfs container's lease keeper runs (or ran: its pid file is there).
+    lease_keeper: bool,
 }
 
 impl KernelView {
@@ -234,6 +236,7 @@ impl KernelView {
             dm_slaves: p.kernel.dm_slaves(&p.dm_name),
             remote_loops: p.kernel.loops_backed_by(&p.remote, true),
             ssh_ctl: p.ssh_ctl.exists(),
+            lease_keeper: p.lease_keeper.exists(),
         }
     }
 }
@@ -259,6 +262,9 @@ pub(crate) fn close_plan(p: &JobPaths, k: &KernelView) -> Vec<Step> {
     // Our loop under the mapping: once a dead sshfs is gone its backing path no longer starts with
     // remote/, so the search by path alone would miss it.
     let mut loops = Vec::new();
+    if k.lease_keeper {
+        steps.push(Step::run(crate::lease::release_cmd(&p.job)));
+    }
     if let Some(slaves) = &k.dm_slaves {
         steps.push(Step::run(ct::luks_close(&p.dm_name)));
         for s in slaves.iter().filter(|s| s.starts_with("nbd")) {
@@ -308,6 +314,7 @@ mod tests {
             dm_slaves: Some(vec!["loop2".into(), "nbd0".into()]),
             remote_loops: vec!["/dev/loop2".into(), "/dev/loop3".into()],
             ssh_ctl: true,
+            lease_keeper: false,
         };
         assert_eq!(
             script(&k),
@@ -322,6 +329,21 @@ mod tests {
                 "losetup -d /dev/loop3",
                 "ssh -o ControlPath=/run/e2e-backup/home/ssh.ctl -O exit e2e-backup",
             ]
+        );
+    }
+
+    #[test]
+    fn a_lease_is_released_before_the_mapping_closes() {
+        let k = KernelView {
+            dm_slaves: Some(vec!["loop2".into()]),
+            lease_keeper: true,
+            ..Default::default()
+        };
+        let s = script(&k);
+        assert!(s[1].ends_with("e2e-close --release-lease home"), "{s:?}");
+        assert_eq!(
+            s[2..],
+            ["cryptsetup close e2e-home", "losetup -d /dev/loop2"]
         );
     }
 

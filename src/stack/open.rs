@@ -136,6 +136,9 @@ pub(crate) fn open_stack(
     if !created {
         stack.fs = detect(ctx, job)?;
     }
+    if stack.fs == fsys::Kind::Btrfs && !read_only {
+        take_lease(ctx, &mut undo)?;
+    }
     let ext4 = stack.fs == fsys::Kind::Ext4;
     // A filesystem mkfs just made needs no check (and the check would cost another MMP wait).
     // btrfs has no check to run before a mount: the mount itself replays its log, and every block
@@ -244,6 +247,23 @@ fn create_container(
     run.run(&Cmd::new("mv").arg("-T").arg(&building).arg(&file))?;
     stack.loop_dev = Some(lp);
     stack.size = Some(size);
+    Ok(())
+}
+
+/// btrfs has no multi-mount protection: the container's lease (`lease`), taken before the
+/// read-write mount, then kept by a keeper process until teardown releases it.
+fn take_lease(ctx: &Ctx, undo: &mut Undo) -> Result<()> {
+    let (p, run) = (&ctx.paths, &ctx.run);
+    let seq = if run.is_dry() {
+        run.note("a real run takes the container's lease here (2 x 5 s + 1 s of waiting), then:");
+        0
+    } else {
+        crate::lease::take(&p.dm_dev, &p.kernel.hostname(), std::process::id())?
+    };
+    if let Some(mut c) = run.spawn(&crate::lease::keeper_cmd(&p.job, seq))? {
+        c.wait()?;
+    }
+    undo.push(crate::lease::release_cmd(&p.job));
     Ok(())
 }
 
