@@ -269,6 +269,8 @@ fn sibling(name: &str) -> std::path::PathBuf {
 /// `e2e-open` (under systemd it stays in e2e-open@'s cgroup).
 pub fn keeper_cmd(job: &str, seq: u64) -> crate::exec::Cmd {
     crate::exec::Cmd::new("setsid")
+        // Not a run of the chain whose outcome e2e-backup@ reports (`outcome`).
+        .env(crate::outcome::ENV, "")
         .arg("-f")
         .arg(sibling("e2e-open"))
         .arg("--keep-lease")
