@@ -58,6 +58,9 @@ pub fn close_opened(ctx: &Ctx, s: &Stack) -> Result<()> {
         if let Some(cow) = &s.overlay {
             steps = ct::remove_overlay(&p.overlay_name, std::slice::from_ref(cow), &p.cow);
         }
+        if p.lease_keeper.exists() {
+            steps.push(Step::run(crate::lease::release_cmd(&p.job)));
+        }
         steps.push(Step::run(ct::luks_close(&p.dm_name)));
         steps.extend(s.loop_dev.iter().map(|l| Step::run(ct::losetup_detach(l))));
         ctx.run.all(steps)?;

@@ -260,10 +260,27 @@ fn take_lease(ctx: &Ctx, undo: &mut Undo) -> Result<()> {
     } else {
         crate::lease::take(&p.dm_dev, &p.kernel.hostname(), std::process::id())?
     };
+    // (also when the keeper does not start: the release frees a block that names this host)
+    undo.push(crate::lease::release_cmd(&p.job));
     if let Some(mut c) = run.spawn(&crate::lease::keeper_cmd(&p.job, seq))? {
         c.wait()?;
+        // Teardown finds the keeper by its pid file: it must be there before anything can fail.
+        for _ in 0..100 {
+            if p.lease_keeper.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        if !p.lease_keeper.exists() {
+            return Err(fail(
+                Code::Runtime,
+                format!(
+                    "the lease keeper did not start (no {}): see its line above",
+                    p.lease_keeper.display()
+                ),
+            ));
+        }
     }
-    undo.push(crate::lease::release_cmd(&p.job));
     Ok(())
 }
 
