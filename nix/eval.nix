@@ -143,7 +143,7 @@ let
             knownHostsFile = "/etc/e2e-backup/known_hosts";
             nbdPort = 10811;
           };
-          container = { size = "5T"; file = "laptop-db.luks"; create = false; autoGrowFree = "0"; };
+          container = { size = "5T"; file = "laptop-db.luks"; create = false; autoGrowFree = "0"; filesystem = "btrfs"; };
           keyCredential = { path = "/etc/credstore.encrypted/e2e-db.key"; encrypted = true; };
         };
       };

@@ -44,11 +44,15 @@ pub struct Lease {
     pub holder: String,
 }
 
+/// MMP's wait for a holder beating every `interval_ms`: two intervals and a second.
+fn mmp_wait(interval_ms: u32) -> Duration {
+    Duration::from_millis(2 * u64::from(interval_ms) + 1000)
+}
+
 impl Lease {
     /// How long a reader waits for a live holder's next heartbeat: MMP's 2 × interval + 1 s.
-    pub fn wait(&self, own_interval_ms: u32) -> std::time::Duration {
-        let i = u64::from(self.interval_ms.max(own_interval_ms));
-        std::time::Duration::from_millis(2 * i + 1000)
+    pub fn wait(&self, own_interval_ms: u32) -> Duration {
+        mmp_wait(self.interval_ms.max(own_interval_ms))
     }
 
     pub fn encode(&self) -> [u8; BLOCK] {
@@ -171,10 +175,9 @@ pub fn take(dev: &Path, me: &str, pid: u32) -> Result<u64> {
     let first = read(dev)?;
     if !free(&first) {
         let l = Lease::decode(&first);
-        let wait = l.as_ref().map_or(
-            Duration::from_millis(2 * u64::from(INTERVAL_MS) + 1000),
-            |l| l.wait(INTERVAL_MS),
-        );
+        let wait = l
+            .as_ref()
+            .map_or(mmp_wait(INTERVAL_MS), |l| l.wait(INTERVAL_MS));
         crate::progress::info(&format!(
             "lease: held by {}; waiting {} s for its next beat",
             l.as_ref()

@@ -303,6 +303,11 @@ let
           example = "64G";
           description = "Container size at creation (truncate-style: 5T = 5 TiB).";
         };
+        filesystem = mkOption {
+          type = types.enum [ "ext4" "btrfs" ];
+          default = "ext4";
+          description = "The filesystem a new container gets, and with it the snapshot engine: ext4 (hard-link snapshots with rsync --link-dest) or btrfs (rsync in place into a working subvolume, each snapshot a read-only subvolume snapshot; a container of at least 128M). Read from the container at every open: a job that names the other one is refused. See e2e-backup.toml(5).";
+        };
         create = mkOption {
           type = types.bool;
           default = true;
@@ -363,7 +368,7 @@ let
       known_hosts = toString (knownHosts name job);
     };
     container = filterAttrs (_: v: v != null) {
-      inherit (job.container) size create;
+      inherit (job.container) size create filesystem;
       file = job.container.file;
       key_file = job.keyFile;
       max_size = job.container.maxSize;

@@ -10,6 +10,7 @@
 , cryptsetup
 , util-linux
 , e2fsprogs
+, btrfs-progs
 , rsync
 , nbd
 , coreutils
@@ -51,7 +52,7 @@ rustPlatform.buildRustPackage {
     mv $out/bin/e2e-backup-generator $out/lib/systemd/system-generators/
     for b in $out/bin/e2e-*; do
       wrapProgram $b --prefix PATH : ${lib.makeBinPath [
-        sshfs fuse3 openssh cryptsetup util-linux e2fsprogs rsync nbd coreutils
+        sshfs fuse3 openssh cryptsetup util-linux e2fsprogs btrfs-progs rsync nbd coreutils
         procps # pgrep: e2e-keep's look for a client session still open
       ]}
     done

@@ -113,11 +113,13 @@ pub fn trim(cli: TrimCli) -> Result<Option<PathBuf>> {
     ))?;
     undo.push(ct::luks_close(&p.dm_name));
     let kind = crate::stack::open::detect(&ctx, &job)?;
-    if kind == fsys::Kind::Ext4 {
-        fsys::check_and_repair(run, &p.kernel, &p.dm_dev)?;
-    }
+    crate::stack::open::before_rw_mount(&ctx, kind, false, &mut undo)?;
     run.run(&kind.mount(&p.dm_dev, &p.fs, false))?;
     undo.push(fsys::umount(&p.fs));
+    if let Some(settle) = kind.settle_deletions(&p.fs) {
+        run.run(&settle)?;
+        run.run(&fsys::sync_fs(&p.fs))?; // commit: the freed extents become free space
+    }
     let out = run.run(&fsys::fstrim(&p.fs))?;
     let claimed = fsys::parse_fstrim(&out.stdout);
     if let Some(c) = claimed {

@@ -62,3 +62,10 @@ pub fn create(subvolume: &Path) -> Cmd {
         .args(["-q", "subvolume", "create"])
         .arg(subvolume)
 }
+
+/// Wait until every deleted subvolume is cleaned up (its extents free).
+pub fn wait_deleted(mountpoint: &Path) -> Cmd {
+    Cmd::new("btrfs")
+        .args(["-q", "subvolume", "sync"])
+        .arg(mountpoint)
+}

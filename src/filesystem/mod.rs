@@ -70,6 +70,16 @@ impl Kind {
         }
     }
 
+    /// Before a trim: wait until the space of deleted snapshots is free. btrfs frees a deleted
+    /// subvolume's extents in the background, after `subvolume delete` returns (and again after
+    /// the next mount when it was unmounted first); fstrim can only give back free space.
+    pub fn settle_deletions(self, mountpoint: &Path) -> Option<Cmd> {
+        match self {
+            Kind::Ext4 => None,
+            Kind::Btrfs => Some(btrfs::wait_deleted(mountpoint)),
+        }
+    }
+
     /// Grow the filesystem online to fill its (already grown) device.
     pub fn grow(self, dev: &Path, mountpoint: &Path) -> Cmd {
         match self {

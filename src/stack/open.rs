@@ -136,16 +136,10 @@ pub(crate) fn open_stack(
     if !created {
         stack.fs = detect(ctx, job)?;
     }
-    if stack.fs == fsys::Kind::Btrfs && !read_only {
-        take_lease(ctx, &mut undo)?;
+    if !read_only {
+        before_rw_mount(ctx, stack.fs, created, &mut undo)?;
     }
     let ext4 = stack.fs == fsys::Kind::Ext4;
-    // A filesystem mkfs just made needs no check (and the check would cost another MMP wait).
-    // btrfs has no check to run before a mount: the mount itself replays its log, and every block
-    // is checked against its checksum when read.
-    if !read_only && !created && ext4 {
-        fsys::check_and_repair(run, &p.kernel, dev)?;
-    }
     let mut mount_dev = dev.to_path_buf();
     if read_only && ext4 {
         if let Some(cow) = open_overlay(ctx, &mut undo)? {
@@ -248,6 +242,24 @@ fn create_container(
     stack.loop_dev = Some(lp);
     stack.size = Some(size);
     Ok(())
+}
+
+/// What a read-write mount of the opened container needs first (e2e-open's and e2e-trim's): ext4
+/// a check (its MMP refuses a second host), unless mkfs just made it (and the check would cost
+/// another MMP wait); btrfs the container's lease, which undo releases. btrfs has no check to run
+/// before a mount: the mount replays its log, and every block is checked against its checksum
+/// when read.
+pub(crate) fn before_rw_mount(
+    ctx: &Ctx,
+    kind: fsys::Kind,
+    created: bool,
+    undo: &mut Undo,
+) -> Result<()> {
+    match kind {
+        fsys::Kind::Ext4 if created => Ok(()),
+        fsys::Kind::Ext4 => fsys::check_and_repair(&ctx.run, &ctx.paths.kernel, &ctx.paths.dm_dev),
+        fsys::Kind::Btrfs => take_lease(ctx, undo),
+    }
 }
 
 /// btrfs has no multi-mount protection: the container's lease (`lease`), taken before the

@@ -32,6 +32,8 @@ new_job() {
   )
   local order=(remote.host remote.user remote.path remote.identity_file remote.known_hosts
     container.file container.size container.key_file sync.paths)
+  # E2E_FS=btrfs: the scenario runs its jobs on the btrfs engine (a wrapper scenario sets it).
+  if [ "${E2E_FS:-ext4}" != ext4 ]; then v[container.filesystem]="\"$E2E_FS\""; order+=(container.filesystem); fi
   for kv; do
     k=${kv%%=*}
     [[ $k == *.* && $kv == *=* ]] || fail "new_job $job: $kv is not SECTION.KEY=VALUE"
@@ -79,6 +81,7 @@ assert_clean() {
   if grep -q ' /run/e2e-backup/' /proc/mounts; then fail "still mounted: $(grep ' /run/e2e-backup/' /proc/mounts)"; fi
   if ls /dev/mapper/e2e-* >/dev/null 2>&1; then fail "still mapped: $(ls /dev/mapper/e2e-*)"; fi
   if [ -n "$(losetup -a)" ]; then fail "loop still attached: $(losetup -a)"; fi
+  if pgrep -f -- '--keep-lease' >/dev/null; then fail "a lease keeper still runs: $(pgrep -af -- '--keep-lease')"; fi
 }
 
 server_file() { echo "$SERVER_STORE/$1/$1.luks"; }
@@ -132,7 +135,7 @@ $err"
 # check_job JOB SUMS: open JOB read-only; every snapshot with an md5 list in SUMS/JOB (recorded when it
 # was first seen) must still match it, else `lost` += 1; record lists for snapshots not seen before;
 # a leftover .inflight/.prune or a `latest` not naming a completed snapshot → `inflight_taken` += 1;
-# `latest` must equal the source /data/JOB; after the unmount `e2fsck -fn` unclean → `dirty` += 1.
+# `latest` must equal the source /data/JOB; after the unmount the filesystem's check (fs_check) unclean → `dirty` += 1.
 # (The fault scenarios' counters; they start at 0 there.)
 check_job() {
   local j=$1 sums=$2 fs=/run/e2e-backup/$1/fs s lat d
@@ -176,17 +179,32 @@ check_job() {
   [[ $lat =~ ^snapshots/[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:]{8}Z$ ]] && [ -d "$fs/$lat" ] \
     || { echo "latest -> $lat is not a completed snapshot" >&2; inflight_taken=$((inflight_taken + 1)); }
   umount "$fs"
-  if ! e2fsck -fn "/dev/mapper/e2e-$j" >/root/fsck.out 2>&1; then
-    echo "e2fsck -fn of $j not clean:" >&2; tail -n 20 /root/fsck.out >&2; dirty=$((dirty + 1))
+  if ! fs_check "/dev/mapper/e2e-$j" >/root/fsck.out 2>&1; then
+    echo "filesystem check of $j not clean:" >&2; tail -n 20 /root/fsck.out >&2; dirty=$((dirty + 1))
   fi
   e2e-close "$j"
 }
 
-# wait_inflight JOB MIB PID: until MIB MiB are in JOB's .inflight snapshot (at most 120 s, or PID ends).
+# fs_check DEV: the filesystem's own read-only check of an unmounted container mapping, by what it
+# holds (e2fsck -fn; btrfs check --readonly).
+fs_check() {
+  case $(blkid -p -s TYPE -o value "$1") in
+    btrfs) btrfs check --readonly "$1" ;;
+    *) e2fsck -fn "$1" ;;
+  esac
+}
+
+# wait_inflight JOB MIB PID: until MIB MiB are in JOB's .inflight snapshot (at most 120 s, or PID
+# ends). The btrfs engine has no .inflight (rsync writes into current/ in place): there, until
+# rsync has written MIB MiB (its processes' write_bytes, counted when a page is dirtied).
 wait_inflight() {
   local j=$1 n=$2 pid=$3 t0=$SECONDS b
   while [ $((SECONDS - t0)) -lt 120 ] && kill -0 "$pid" 2>/dev/null; do
-    b=$( (du -sm /run/e2e-backup/"$j"/fs/snapshots/*.inflight 2>/dev/null || true) | awk '{s += $1} END {print s + 0}')
+    if [ -d "/run/e2e-backup/$j/fs/current" ]; then
+      b=$(for r in $(pgrep -x rsync); do cat "/proc/$r/io" 2>/dev/null; done | awk '$1 == "write_bytes:" {s += $2} END {print int(s / 1048576)}')
+    else
+      b=$( (du -sm /run/e2e-backup/"$j"/fs/snapshots/*.inflight 2>/dev/null || true) | awk '{s += $1} END {print s + 0}')
+    fi
     [ "$b" -ge "$n" ] && return
     sleep 0.3
   done
