@@ -41,6 +41,7 @@
           second-client = test ./nix/tests/second-client.nix;
           failing-job = test ./nix/tests/failing-job.nix;
           browse = test ./nix/tests/browse.nix;
+          btrfs = test ./nix/tests/btrfs.nix;
         });
     };
 }

@@ -243,8 +243,10 @@ pub struct GrowCli {
 /// Needs an NBD server on the server bound to 127.0.0.1:10809 (qemu-nbd --discard=unmap) with an
 /// export named after the container file. The container must not be open via e2e-open at the same
 /// time. Reports the server's allocated bytes before and after on stderr (ssh HOST stat) and judges
-/// by them; an SFTP-only account cannot run stat, so there it warns and trims unjudged. Prints the
-/// container file path.
+/// by them; an SFTP-only account cannot run stat, so there it warns and trims unjudged. A btrfs
+/// container: the trim holds its lease while mounted (as e2e-open does) and first waits until the
+/// space of deleted snapshots is free (btrfs frees it in the background). Prints the container
+/// file path.
 #[derive(Debug, Parser)]
 #[command(name = "e2e-trim", version, after_help = after_help(TRIM_NOTES))]
 pub struct TrimCli {

@@ -28,10 +28,11 @@ def make_data(client, marker, mib=8):
 
 
 def assert_clean(client):
-    """Nothing of ours mounted, mapped or attached."""
+    """Nothing of ours mounted, mapped or attached, and no lease keeper running."""
     client.fail("findmnt -rn -o TARGET | grep -F /run/e2e-backup")
     client.fail("dmsetup ls | grep -F e2e-")
     client.succeed("test -z \"$(losetup -a)\"")
+    client.fail("pgrep -f -- --keep-lease")
 
 
 def backup(client):

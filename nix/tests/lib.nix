@@ -46,7 +46,7 @@ in
           keyFile = "/etc/e2e-backup/home.key";
         } job;
         boot.kernelModules = [ "nbd" ];
-        environment.systemPackages = [ pkgs.cryptsetup pkgs.openssh ];
+        environment.systemPackages = [ pkgs.cryptsetup pkgs.openssh pkgs.btrfs-progs ];
         virtualisation.memorySize = 1024;
       });
       testScript = ''

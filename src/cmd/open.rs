@@ -44,7 +44,8 @@ fn keep_lease(ctx: &Ctx, mut seq: u64) -> Result<()> {
     };
     let step = std::time::Duration::from_millis(100);
     let r = loop {
-        if crate::exec::check_interrupted().is_err() {
+        // SIGTERM is the keeper's ordinary end (its release), not an error.
+        if crate::exec::take_signal() {
             break lease::write(&p.dm_dev, &beat(seq.wrapping_add(1), false));
         }
         if !p.dm_dev.exists() {

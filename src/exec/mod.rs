@@ -20,7 +20,7 @@ mod undo;
 use cmd::spawn_error;
 pub use cmd::{last_line, quote, Arg, Cmd, Output};
 pub use signals::{
-    catch_signals, check_interrupted, check_interrupted_after, stalled, stop_stalled,
+    catch_signals, check_interrupted, check_interrupted_after, stalled, stop_stalled, take_signal,
 };
 use signals::{CHILD, SIGNAL};
 pub use steps::{Step, Vars};

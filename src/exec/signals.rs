@@ -80,6 +80,17 @@ pub fn stalled() -> bool {
     matches!(SIGNAL.load(Ordering::SeqCst), STALLED | STALLED_SIGNALED)
 }
 
+/// For a process whose ordinary end is a signal (the lease keeper, stopped by its release):
+/// whether one came, taken as handled, so that the process ends as it should rather than with the
+/// signal's error line and exit code.
+pub fn take_signal() -> bool {
+    let s = SIGNAL.load(Ordering::SeqCst);
+    s > 0
+        && SIGNAL
+            .compare_exchange(s, 0, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+}
+
 /// `Err` (exit 128 + N, one line) once a stopping signal has arrived.
 pub fn check_interrupted() -> Result<()> {
     stop_error("what this run had opened was closed again")
