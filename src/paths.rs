@@ -47,6 +47,8 @@ pub struct JobPaths {
     pub lease_keeper: PathBuf,
     /// ssh control socket of the NBD tunnel (e2e-trim).
     pub ssh_ctl: PathBuf,
+    /// The NBD tunnel's local end (e2e-trim): a Unix socket in the 0700 run directory.
+    pub nbd_sock: PathBuf,
     pub dm_name: String,
     pub dm_dev: PathBuf,
     /// Read-only opens of a container whose journal needs recovery: a device-mapper snapshot
@@ -78,6 +80,7 @@ impl JobPaths {
             forced: dir.join("closed-by-force"),
             lease_keeper: dir.join("lease.pid"),
             ssh_ctl: dir.join("ssh.ctl"),
+            nbd_sock: dir.join("nbd.sock"),
             dm_dev: Path::new("/dev/mapper").join(&dm_name),
             overlay_dev: Path::new("/dev/mapper").join(format!("{dm_name}+ro")),
             overlay_name: format!("{dm_name}+ro"),

@@ -49,7 +49,7 @@ pub fn trim(cli: TrimCli) -> Result<Option<PathBuf>> {
     };
     // The tunnel's local end is a Unix socket in the 0700 run directory: a loopback TCP port
     // would let any local user reach the decrypted-by-nobody but writable NBD export.
-    let sock = p.dir.join("nbd.sock");
+    let sock = p.nbd_sock.clone();
     remote::make_dirs(run, p)?;
     let alloc = remote::allocated_cmd(r, &job.container.file);
     let before = server_allocation(run, &alloc)?;

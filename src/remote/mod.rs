@@ -293,12 +293,25 @@ fn ssh_children(k: &Kernel, parents: &[i32]) -> Vec<i32> {
         .collect()
 }
 
-/// The processes of the job's connection: its sshfs and the ssh each sshfs started.
+/// The processes of the job's connection: its sshfs and the ssh each sshfs started, and e2e-trim's
+/// NBD tunnel (the ssh forwarding to the job's socket), which writes into the container too: a
+/// btrfs container's lease keeper that lost the lease during a trim fences that.
 pub fn connection_pids(paths: &JobPaths) -> Vec<i32> {
     let sshfs = sshfs_pids(&paths.kernel, &paths.remote);
     let mut pids = ssh_children(&paths.kernel, &sshfs);
     pids.extend(&sshfs);
+    pids.extend(tunnel_pids(&paths.kernel, &paths.nbd_sock));
     pids
+}
+
+/// The ssh whose `-L` forward starts at `sock` (e2e-trim's tunnel, `ssh -f`: no parent to find it by).
+fn tunnel_pids(k: &Kernel, sock: &Path) -> Vec<i32> {
+    let from = format!("{}:", sock.display());
+    k.processes()
+        .into_iter()
+        .filter(|p| p.comm == "ssh" && p.argv.iter().any(|a| a.starts_with(&from)))
+        .map(|p| p.pid)
+        .collect()
 }
 
 /// Fence the job's connection once a run gives up on it: kill sshfs and its ssh, wait until they
@@ -392,6 +405,43 @@ mod tests {
             identity_file: "/etc/e2e-backup/id_ed25519".into(),
             known_hosts: "/etc/e2e-backup/known_hosts".into(),
         }
+    }
+
+    #[test]
+    fn the_connection_includes_the_trim_tunnel() {
+        let tmp = tempfile::tempdir().unwrap();
+        let put = |p: &str, text: &str| {
+            let f = tmp.path().join(p);
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(f, text).unwrap();
+        };
+        let p = JobPaths::under(tmp.path(), "j").unwrap();
+        let other = JobPaths::under(tmp.path(), "other").unwrap();
+        let forward = |q: &JobPaths| format!("{}:127.0.0.1:10809", q.nbd_sock.display());
+        put(
+            "proc/7/cmdline",
+            &format!("sshfs\0u@h:/srv\0{}\0", p.remote.display()),
+        );
+        put("proc/7/stat", "7 (sshfs) S 1 7 7");
+        put("proc/8/cmdline", "ssh\0-x\0u@h\0-s\0sftp\0");
+        put("proc/8/stat", "8 (ssh) S 7 7 7");
+        put(
+            "proc/9/cmdline",
+            &format!("ssh\0-f\0-N\0-L\0{}\0u@h\0", forward(&p)),
+        );
+        put("proc/9/stat", "9 (ssh) S 1 9 9");
+        put(
+            "proc/10/cmdline",
+            &format!("ssh\0-L\0{}\0u@h\0", forward(&other)),
+        );
+        put("proc/10/stat", "10 (ssh) S 1 10 10");
+        let mut pids = connection_pids(&p);
+        pids.sort();
+        assert_eq!(
+            pids,
+            vec![7, 8, 9],
+            "sshfs, its ssh, the trim's tunnel; not another job's"
+        );
     }
 
     #[test]
