@@ -49,7 +49,7 @@ pub fn trim(cli: TrimCli) -> Result<Option<PathBuf>> {
     };
     // The tunnel's local end is a Unix socket in the 0700 run directory: a loopback TCP port
     // would let any local user reach the decrypted-by-nobody but writable NBD export.
-    let sock = p.nbd_sock.clone();
+    let sock = &p.nbd_sock;
     remote::make_dirs(run, p)?;
     let alloc = remote::allocated_cmd(r, &job.container.file);
     let before = server_allocation(run, &alloc)?;
@@ -82,11 +82,11 @@ pub fn trim(cli: TrimCli) -> Result<Option<PathBuf>> {
             .arg(remote::destination(r)),
     );
     let export = job.container.file.clone();
-    undo.push(Cmd::rm_f(&sock));
+    undo.push(Cmd::rm_f(sock));
     run.run(
         &Cmd::new("nbd-client")
             .arg("-unix")
-            .arg(&sock)
+            .arg(sock)
             .arg(&nbd)
             .arg("-N")
             .arg(&export)
@@ -116,9 +116,8 @@ pub fn trim(cli: TrimCli) -> Result<Option<PathBuf>> {
     crate::stack::open::before_rw_mount(&ctx, kind, false, &mut undo)?;
     run.run(&kind.mount(&p.dm_dev, &p.fs, false))?;
     undo.push(fsys::umount(&p.fs));
-    if let Some(settle) = kind.settle_deletions(&p.fs) {
+    for settle in kind.settle_deletions(&p.fs) {
         run.run(&settle)?;
-        run.run(&fsys::sync_fs(&p.fs))?; // commit: the freed extents become free space
     }
     let out = run.run(&fsys::fstrim(&p.fs))?;
     let claimed = fsys::parse_fstrim(&out.stdout);

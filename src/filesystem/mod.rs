@@ -72,11 +72,12 @@ impl Kind {
 
     /// Before a trim: wait until the space of deleted snapshots is free. btrfs frees a deleted
     /// subvolume's extents in the background, after `subvolume delete` returns (and again after
-    /// the next mount when it was unmounted first); fstrim can only give back free space.
-    pub fn settle_deletions(self, mountpoint: &Path) -> Option<Cmd> {
+    /// the next mount when it was unmounted first), and they are free space once that is
+    /// committed (`sync -f`); fstrim can only give back free space. ext4: nothing to wait for.
+    pub fn settle_deletions(self, mountpoint: &Path) -> Vec<Cmd> {
         match self {
-            Kind::Ext4 => None,
-            Kind::Btrfs => Some(btrfs::wait_deleted(mountpoint)),
+            Kind::Ext4 => Vec::new(),
+            Kind::Btrfs => vec![btrfs::wait_deleted(mountpoint), sync_fs(mountpoint)],
         }
     }
 
