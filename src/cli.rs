@@ -220,6 +220,52 @@ pub struct SyncCli {
     pub accept_rollback: bool,
 }
 
+/// What one e2e-sync run does: make a snapshot, or one of the modes its options choose (clap
+/// lets at most one of them through).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode<'a> {
+    Snapshot,
+    Restore { from: &'a str, target: &'a str },
+    Verify(&'a str),
+    List,
+    Diff { old: &'a str, new: &'a str },
+    History(&'a str),
+    Prune,
+}
+
+impl SyncMode<'_> {
+    /// The modes that only read snapshots (a read-only open; the ones `--from-copy` may serve).
+    pub fn reads_only(self) -> bool {
+        !matches!(self, SyncMode::Snapshot | SyncMode::Prune)
+    }
+}
+
+impl SyncCli {
+    pub fn mode(&self) -> SyncMode<'_> {
+        if let Some(r) = &self.restore {
+            SyncMode::Restore {
+                from: &r[0],
+                target: &r[1],
+            }
+        } else if let Some(s) = &self.verify {
+            SyncMode::Verify(s)
+        } else if self.list {
+            SyncMode::List
+        } else if let Some(d) = &self.diff {
+            SyncMode::Diff {
+                old: &d[0],
+                new: &d[1],
+            }
+        } else if let Some(p) = &self.history {
+            SyncMode::History(p)
+        } else if self.prune {
+            SyncMode::Prune
+        } else {
+            SyncMode::Snapshot
+        }
+    }
+}
+
 /// Grow the job's container online: file → loop device → LUKS → ext4.
 ///
 /// Checks the server's free space first (keeping container.server_reserve) and refuses to shrink.

@@ -304,16 +304,24 @@ pub fn grow(
     ])
 }
 
-/// A read-only overlay NAME over ORIGIN (SECTORS long): a sparse copy-on-write file `cow_file` on
+/// A read-only overlay NAME over ORIGIN, as long as it: a sparse copy-on-write file `cow_file` on
 /// the client, its loop device, the snapshot mapping (undo: remove all three). Returns the loop device.
 pub fn overlay(
     run: &Runner,
     undo: &mut Undo,
     name: &str,
     origin: &Path,
-    sectors: u64,
     cow_file: &Path,
 ) -> Result<Arg> {
+    let sectors: u64 = run
+        .query(&Cmd::new("blockdev").arg("--getsz").arg(origin))?
+        .and_then(|o| o.trim().parse().ok())
+        .ok_or_else(|| {
+            fail(
+                Code::Runtime,
+                format!("blockdev --getsz {}: no size", origin.display()),
+            )
+        })?;
     // Sparse, as large as the container: dm-snapshot drops a snapshot whose store fills up, and
     // tmpfs only holds what is written (the journal's replay: at most the journal's size).
     let v = run.steps(

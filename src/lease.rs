@@ -19,6 +19,8 @@
 //! - release: write the block free.
 
 use crate::error::{fail, Code};
+use crate::exec::{Cmd, Runner, Undo};
+use crate::paths::JobPaths;
 use anyhow::{Context, Result};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
@@ -268,10 +270,42 @@ fn sibling(name: &str) -> std::path::PathBuf {
         .unwrap_or_else(|| name.into())
 }
 
+/// Take the lease of the job's opened container and start its keeper; undo gets the release
+/// (also when the keeper does not start: the release frees a block that names this host).
+pub fn take_and_keep(run: &Runner, undo: &mut Undo, p: &JobPaths) -> Result<()> {
+    let seq = if run.is_dry() {
+        run.note("a real run takes the container's lease here (2 x 5 s + 1 s of waiting), then:");
+        0
+    } else {
+        take(&p.dm_dev, &p.kernel.hostname(), std::process::id())?
+    };
+    undo.push(release_cmd(&p.job));
+    if let Some(mut c) = run.spawn(&keeper_cmd(&p.job, seq))? {
+        c.wait()?;
+        // Teardown finds the keeper by its pid file: it must be there before anything can fail.
+        for _ in 0..100 {
+            if p.lease_keeper.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if !p.lease_keeper.exists() {
+            return Err(fail(
+                Code::Runtime,
+                format!(
+                    "the lease keeper did not start (no {}): see its line above",
+                    p.lease_keeper.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The keeper, started once the lease is taken: in its own session, so that it outlives a by-hand
 /// `e2e-open` (under systemd it stays in e2e-open@'s cgroup).
-pub fn keeper_cmd(job: &str, seq: u64) -> crate::exec::Cmd {
-    crate::exec::Cmd::new("setsid")
+fn keeper_cmd(job: &str, seq: u64) -> Cmd {
+    Cmd::new("setsid")
         // Not a run of the chain whose outcome e2e-backup@ reports (`outcome`).
         .env(crate::outcome::ENV, "")
         .arg("-f")
@@ -282,8 +316,8 @@ pub fn keeper_cmd(job: &str, seq: u64) -> crate::exec::Cmd {
 }
 
 /// The teardown step that stops the keeper and leaves the lease free ([`release`]).
-pub fn release_cmd(job: &str) -> crate::exec::Cmd {
-    crate::exec::Cmd::new(&sibling("e2e-close").display().to_string())
+pub fn release_cmd(job: &str) -> Cmd {
+    Cmd::new(&sibling("e2e-close").display().to_string())
         .arg("--release-lease")
         .arg(job)
 }

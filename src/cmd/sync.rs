@@ -1,6 +1,6 @@
 //! e2e-sync: one snapshot under the publish order (its other modes: list, diff, history, prune, restore, verify).
 
-use crate::cli::SyncCli;
+use crate::cli::{SyncCli, SyncMode};
 use crate::config::Job;
 use crate::error::{fail, Code};
 use crate::exec::{Cmd, Step};
@@ -21,29 +21,28 @@ use std::path::PathBuf;
 pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
     let ctx = Ctx::new(&cli.common)?;
     let mut job = ctx.job()?;
+    let mode = cli.mode();
     if let Some(stamp) = &cli.from_copy {
-        job.container.file = from_copy(&ctx, &cli, &job, stamp)?;
+        job.container.file = from_copy(&ctx, mode, &job, stamp)?;
     }
     let _lock = lock(&ctx)?;
     ctx.accept_rollback.set(cli.accept_rollback);
-    if let Some(r) = &cli.restore {
-        return super::restore::restore(&ctx, &job, &r[0], &r[1], cli.unchecked, cli.json);
+    let json = cli.json;
+    match mode {
+        SyncMode::Restore { from, target } => {
+            super::restore::restore(&ctx, &job, from, target, cli.unchecked, json)
+        }
+        SyncMode::Verify(snap) => super::verify::verify(&ctx, &job, snap, json),
+        SyncMode::List => super::list::list(&ctx, &job, json),
+        SyncMode::Diff { old, new } => super::diff::diff(&ctx, &job, old, new, json),
+        SyncMode::History(path) => super::history::history(&ctx, &job, path, json),
+        SyncMode::Prune => super::prune::prune(&ctx, &job, cli.preview),
+        SyncMode::Snapshot => snapshot(&ctx, job, &cli),
     }
-    if let Some(snap) = &cli.verify {
-        return super::verify::verify(&ctx, &job, snap, cli.json);
-    }
-    if cli.list {
-        return super::list::list(&ctx, &job, cli.json);
-    }
-    if let Some(d) = &cli.diff {
-        return super::diff::diff(&ctx, &job, &d[0], &d[1], cli.json);
-    }
-    if let Some(path) = &cli.history {
-        return super::history::history(&ctx, &job, path, cli.json);
-    }
-    if cli.prune {
-        return super::prune::prune(&ctx, &job, cli.preview);
-    }
+}
+
+/// One snapshot under the publish order, then its record and the prune.
+fn snapshot(ctx: &Ctx, mut job: Job, cli: &SyncCli) -> Result<Option<PathBuf>> {
     // The lists are read once, before anything opens: a bad one changes nothing.
     job.sync.paths = job.sync.all_paths()?;
     if job.sync.paths.is_empty() {
@@ -57,11 +56,11 @@ pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
     }
     job.container.create |= cli.create;
     job.sync.skip_unchanged |= cli.skip_unchanged;
-    let (dest, unread, summary) = with_stack(&ctx, &job, false, |stack| {
+    let (dest, unread, summary) = with_stack(ctx, &job, false, |stack| {
         if !cli.no_grow {
-            auto_grow(&ctx, &job, stack)?;
+            auto_grow(ctx, &job, stack)?;
         }
-        let published = backup(&ctx, &job, stack.fs)?;
+        let published = backup(ctx, &job, stack.fs)?;
         let dest = published.dest.clone();
         if let Some(since) = &published.unchanged_since {
             // Nothing new: the latest snapshot is the result; nothing to record or prune.
@@ -75,7 +74,7 @@ pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
         ctx.record_history(&job, &published.stamp, &dest)?;
         if !cli.no_prune && ctx.consistent.get() {
             let new = (published.stamp.as_str(), published.now);
-            super::prune::after_sync(&ctx, &job, stack.fs, &published.before, new)?;
+            super::prune::after_sync(ctx, &job, stack.fs, &published.before, new)?;
         }
         notify_status(&format!("snapshot {} done", dest.display()));
         // (read while the container is open: the figures come from the run's log inside it)
@@ -106,19 +105,14 @@ pub fn sync(cli: SyncCli) -> Result<Option<PathBuf>> {
 /// `--from-copy STAMP`: the copy's path in the job's remote directory, after the checks that it
 /// can be read in place of the live container (a read-only mode; the job not open: the open stack
 /// would be the live container's).
-fn from_copy(ctx: &Ctx, cli: &SyncCli, job: &Job, stamp: &str) -> Result<String> {
+fn from_copy(ctx: &Ctx, mode: SyncMode, job: &Job, stamp: &str) -> Result<String> {
     if timefmt::parse_stamp(stamp).is_none() {
         return Err(fail(
             Code::Config,
             format!("--from-copy {stamp:?}: not a copy's stamp (YYYY-MM-DDTHH:MM:SSZ, as the server's history/ lists them)"),
         ));
     }
-    let read_only = cli.list
-        || cli.restore.is_some()
-        || cli.verify.is_some()
-        || cli.diff.is_some()
-        || cli.history.is_some();
-    if !read_only {
+    if !mode.reads_only() {
         return Err(fail(
             Code::Config,
             "--from-copy reads a copy: give it with --list, --restore, --verify, --diff or --history (a backup goes to the live container only)",

@@ -112,9 +112,9 @@ pub fn trim(cli: TrimCli) -> Result<Option<PathBuf>> {
         },
     ))?;
     undo.push(ct::luks_close(&p.dm_name));
-    let kind = crate::stack::open::detect(&ctx, &job)?;
+    let kind = fsys::detect(run, &p.dm_dev, job.container.filesystem, &job.origin)?;
     crate::stack::open::before_rw_mount(&ctx, kind, false, &mut undo)?;
-    run.run(&kind.mount(&p.dm_dev, &p.fs, false))?;
+    kind.mount_on(run, &p.dm_dev, &p.fs, false)?;
     undo.push(fsys::umount(&p.fs));
     for settle in kind.settle_deletions(&p.fs) {
         run.run(&settle)?;

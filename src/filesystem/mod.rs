@@ -4,7 +4,7 @@
 pub mod btrfs;
 
 use crate::error::{Code, Fail};
-use crate::exec::Cmd;
+use crate::exec::{Cmd, Runner};
 use anyhow::{Context, Result};
 use std::path::Path;
 
@@ -42,15 +42,33 @@ impl Kind {
         }
     }
 
-    pub fn mkfs(self, dev: &Path, label: &str) -> Cmd {
+    /// Make this filesystem on the opened mapping `dev`.
+    pub fn make(self, run: &Runner, dev: &Path, label: &str) -> Result<()> {
+        run.run(&self.mkfs(dev, label)).map(drop)
+    }
+
+    fn mkfs(self, dev: &Path, label: &str) -> Cmd {
         match self {
             Kind::Ext4 => mkfs_ext4(dev, label),
             Kind::Btrfs => btrfs::mkfs(dev, label),
         }
     }
 
+    /// Mount `dev` on `mountpoint`; an ext4 MMP refusal names the host that holds it.
+    pub fn mount_on(
+        self,
+        run: &Runner,
+        dev: &Path,
+        mountpoint: &Path,
+        read_only: bool,
+    ) -> Result<()> {
+        run.run(&self.mount(dev, mountpoint, read_only))
+            .map(drop)
+            .map_err(|e| name_mmp_holder(run, dev, e))
+    }
+
     /// `mount -t KIND -o OPTIONS DEV MOUNTPOINT` (see [`Kind::mount_options`]).
-    pub fn mount(self, dev: &Path, mountpoint: &Path, read_only: bool) -> Cmd {
+    fn mount(self, dev: &Path, mountpoint: &Path, read_only: bool) -> Cmd {
         let c = Cmd::new("mount")
             .args(["-t", self.name(), "-o", self.mount_options(read_only)])
             .arg(dev)
@@ -90,9 +108,18 @@ impl Kind {
     }
 }
 
+/// The filesystem the opened mapping `dev` holds, refused unless it is `want`, the job file's (a
+/// dry-run, which cannot look, takes the job file's word).
+pub fn detect(run: &Runner, dev: &Path, want: Kind, origin: &str) -> Result<Kind> {
+    match run.query(&blkid(dev))? {
+        Some(out) => Ok(detected(&out, want, origin)?),
+        None => Ok(want),
+    }
+}
+
 /// `blkid -p`: the filesystem type on the opened mapping, probed from the device itself (not from
 /// blkid's cache). Its output is read by [`detected`].
-pub fn detect(dev: &Path) -> Cmd {
+fn blkid(dev: &Path) -> Cmd {
     Cmd::new("blkid")
         .args(["-p", "-s", "TYPE", "-o", "value"])
         .arg(dev)
@@ -100,7 +127,7 @@ pub fn detect(dev: &Path) -> Cmd {
         .ok_code(2)
 }
 
-/// The filesystem a container holds, from [`detect`]'s output, or the one line that says what is
+/// The filesystem a container holds, from [`blkid`]'s output, or the one line that says what is
 /// wrong: a container of the other kind than the job file names, or none we know.
 pub fn detected(out: &str, want: Kind, origin: &str) -> Result<Kind, Fail> {
     let found = out.trim();
@@ -187,7 +214,7 @@ pub fn dump_mmp(dev: &Path) -> Cmd {
 
 /// An MMP refusal from fsck or mount that does not name the holder (the kernel tells mount(8)
 /// only EBUSY; e2fsck's report varies): read the holder's node name from the MMP block itself.
-pub fn name_mmp_holder(run: &crate::exec::Runner, dev: &Path, e: anyhow::Error) -> anyhow::Error {
+fn name_mmp_holder(run: &Runner, dev: &Path, e: anyhow::Error) -> anyhow::Error {
     if crate::error::code_of(&e) != Code::Refused || format!("{e:#}").contains("held by host") {
         return e;
     }
@@ -276,14 +303,16 @@ fn ext4_mount_options(read_only: bool) -> &'static str {
     }
 }
 
-/// `dumpe2fs -h DEV`: the superblock (read only; MMP-safe).
-pub fn superblock(dev: &Path) -> Cmd {
-    Cmd::new("dumpe2fs").arg("-h").arg(dev)
+/// Whether the ext4 journal on `dev` needs recovery, read from its superblock (`dumpe2fs -h`:
+/// read only, MMP-safe); `None` in a dry-run, which cannot look.
+pub fn journal_needs_recovery(run: &Runner, dev: &Path) -> Result<Option<bool>> {
+    let sb = run.query(&Cmd::new("dumpe2fs").arg("-h").arg(dev))?;
+    Ok(sb.map(|sb| needs_recovery(&sb)))
 }
 
 /// Whether `dumpe2fs -h` shows a journal that needs recovery (an unclean stop): then a read-only
 /// mount on a read-only device fails ("write access unavailable, cannot proceed").
-pub fn needs_recovery(superblock: &str) -> bool {
+fn needs_recovery(superblock: &str) -> bool {
     superblock
         .lines()
         .filter(|l| l.starts_with("Filesystem features:"))

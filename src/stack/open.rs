@@ -134,7 +134,7 @@ pub(crate) fn open_stack(
         )?;
     }
     if !created {
-        stack.fs = detect(ctx, job)?;
+        stack.fs = fsys::detect(run, dev, job.container.filesystem, &job.origin)?;
     }
     if !read_only {
         before_rw_mount(ctx, stack.fs, created, &mut undo)?;
@@ -148,8 +148,7 @@ pub(crate) fn open_stack(
         }
     }
     if mount_fs {
-        run.run(&stack.fs.mount(&mount_dev, &p.fs, read_only))
-            .map_err(|e| fsys::name_mmp_holder(run, dev, e))?;
+        stack.fs.mount_on(run, &mount_dev, &p.fs, read_only)?;
     }
     undo.done();
     Ok(stack)
@@ -227,7 +226,7 @@ fn create_container(
         run.run(&Cmd::rm_f(&building))?;
     }
     let lp = ct::format(run, undo, &building, size, key, &p.dm_name)?;
-    run.run(&job.container.filesystem.mkfs(dev, &p.dm_name))?;
+    job.container.filesystem.make(run, dev, &p.dm_name)?;
     if !blind && ct::present(&file)? {
         return Err(fail(
             Code::Refused,
@@ -258,51 +257,8 @@ pub(crate) fn before_rw_mount(
     match kind {
         fsys::Kind::Ext4 if created => Ok(()),
         fsys::Kind::Ext4 => fsys::check_and_repair(&ctx.run, &ctx.paths.kernel, &ctx.paths.dm_dev),
-        fsys::Kind::Btrfs => take_lease(ctx, undo),
-    }
-}
-
-/// btrfs has no multi-mount protection: the container's lease (`lease`), taken before the
-/// read-write mount, then kept by a keeper process until teardown releases it.
-fn take_lease(ctx: &Ctx, undo: &mut Undo) -> Result<()> {
-    let (p, run) = (&ctx.paths, &ctx.run);
-    let seq = if run.is_dry() {
-        run.note("a real run takes the container's lease here (2 x 5 s + 1 s of waiting), then:");
-        0
-    } else {
-        crate::lease::take(&p.dm_dev, &p.kernel.hostname(), std::process::id())?
-    };
-    // (also when the keeper does not start: the release frees a block that names this host)
-    undo.push(crate::lease::release_cmd(&p.job));
-    if let Some(mut c) = run.spawn(&crate::lease::keeper_cmd(&p.job, seq))? {
-        c.wait()?;
-        // Teardown finds the keeper by its pid file: it must be there before anything can fail.
-        for _ in 0..100 {
-            if p.lease_keeper.exists() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        if !p.lease_keeper.exists() {
-            return Err(fail(
-                Code::Runtime,
-                format!(
-                    "the lease keeper did not start (no {}): see its line above",
-                    p.lease_keeper.display()
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The filesystem the opened mapping holds, refused unless it is the job file's (a dry-run, which
-/// cannot look, takes the job file's word).
-pub(crate) fn detect(ctx: &Ctx, job: &Job) -> Result<fsys::Kind> {
-    let want = job.container.filesystem;
-    match ctx.run.query(&fsys::detect(&ctx.paths.dm_dev))? {
-        Some(out) => Ok(fsys::detected(&out, want, &job.origin)?),
-        None => Ok(want),
+        // btrfs has no multi-mount protection: the container's lease, kept until teardown.
+        fsys::Kind::Btrfs => crate::lease::take_and_keep(&ctx.run, undo, &ctx.paths),
     }
 }
 
@@ -361,28 +317,19 @@ fn open_container(
 pub(crate) fn open_overlay(ctx: &Ctx, undo: &mut Undo) -> Result<Option<Arg>> {
     let (run, p) = (&ctx.run, &ctx.paths);
     let dev = p.dm_dev.as_path();
-    let Some(sb) = run.query(&fsys::superblock(dev))? else {
+    let Some(dirty) = fsys::journal_needs_recovery(run, dev)? else {
         run.note(
             "a real run mounts through a local copy-on-write overlay if the journal needs recovery",
         );
         return Ok(None);
     };
-    if !fsys::needs_recovery(&sb) {
+    if !dirty {
         return Ok(None);
     }
     crate::notice!(
         "the container's journal needs recovery (it was not closed cleanly): replaying it into a local overlay ({}); the server's copy is not written",
         p.cow.display()
     );
-    let sectors: u64 = run
-        .query(&Cmd::new("blockdev").arg("--getsz").arg(dev))?
-        .and_then(|o| o.trim().parse().ok())
-        .ok_or_else(|| {
-            fail(
-                Code::Runtime,
-                format!("blockdev --getsz {}: no size", dev.display()),
-            )
-        })?;
-    let cow = ct::overlay(run, undo, &p.overlay_name, dev, sectors, &p.cow)?;
+    let cow = ct::overlay(run, undo, &p.overlay_name, dev, &p.cow)?;
     Ok(Some(cow))
 }
