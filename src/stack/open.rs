@@ -280,13 +280,8 @@ fn open_container(
         ct::check_access(&file, &job.remote.user, false)?;
     }
     if !read_only && !blind {
-        if let Err(e) = ct::check_access(&file, &job.remote.user, true) {
-            // A file that is not a container at all is told as that first.
-            run.run(&ct::is_luks(&file)).map_err(|e| {
-                explain_lost_link(run, p, &job.remote, ctx.remote_seen.get(), e, true)
-            })?;
-            return Err(e);
-        }
+        // A file that is not a container at all is told as that first.
+        ct::check_access(&file, &job.remote.user, true).map_err(|e| told(ctx, job, &file, e))?;
     }
     let opts = OpenOpts {
         read_only,
@@ -295,17 +290,25 @@ fn open_container(
     // `cryptsetup isLuks` only after a failed open (a diagnosis, not a step of every run): a file
     // that is not LUKS fails `cryptsetup open` anyway, whose undo detaches the loop again; isLuks
     // then says what the file is, or that the link is gone.
-    match ct::attach_open(run, undo, &file, existing_loop, key, &p.dm_name, &opts) {
-        Ok(lp) => {
-            stack.loop_dev = Some(lp);
-            Ok(())
-        }
-        Err(e) => {
-            run.run(&ct::is_luks(&file)).map_err(|e| {
-                explain_lost_link(run, p, &job.remote, ctx.remote_seen.get(), e, true)
-            })?;
-            Err(e)
-        }
+    let lp = ct::attach_open(run, undo, &file, existing_loop, key, &p.dm_name, &opts)
+        .map_err(|e| told(ctx, job, &file, e))?;
+    stack.loop_dev = Some(lp);
+    Ok(())
+}
+
+/// A failed open of `file` told as what it was: not a LUKS container (`cryptsetup isLuks`), the
+/// link gone, or else `e` itself.
+fn told(ctx: &Ctx, job: &Job, file: &Path, e: anyhow::Error) -> anyhow::Error {
+    match ctx.run.run(&ct::is_luks(file)) {
+        Ok(_) => e,
+        Err(not) => explain_lost_link(
+            &ctx.run,
+            &ctx.paths,
+            &job.remote,
+            ctx.remote_seen.get(),
+            not,
+            true,
+        ),
     }
 }
 
