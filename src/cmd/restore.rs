@@ -84,24 +84,46 @@ pub(crate) fn restore(
             ctx.run.note("a real run then hashes the restored files and compares them with the snapshot's manifest");
         }
         let checked = match want {
-            Some((stamp, want)) => {
-                let n = check_restored(ctx, &stamp, want, target)?;
-                Some((stamp, n))
-            }
+            Some((stamp, want)) => Some((check_restored(ctx, &stamp, want, target)?, stamp)),
             None => None,
         };
         if json && !ctx.run.is_dry() {
-            let r = Restored {
+            print_json(&Restored {
                 target: PathBuf::from(target),
-                stamp: checked.as_ref().map(|c| c.0.clone()),
+                stamp: checked.as_ref().map(|c| c.1.clone()),
                 checked: checked.is_some(),
-                files: checked.as_ref().map(|c| c.1),
-            };
-            print_json(&r)?;
+                ok: checked.as_ref().map(|c| c.0.differ.is_empty()),
+                files: checked.as_ref().map(|c| c.0.files),
+                differ: checked
+                    .as_ref()
+                    .map(|c| c.0.differ.clone())
+                    .unwrap_or_default(),
+            })?;
+        }
+        if let Some((c, stamp)) = &checked {
+            if !c.differ.is_empty() {
+                return Err(fail(
+                    Code::Runtime,
+                    format!(
+                        "{} of {} restored files differ from snapshot {stamp}'s manifest: the server's copy is damaged; they are left in {target} for inspection, restore them from an older snapshot",
+                        c.differ.len(),
+                        c.files
+                    ),
+                ));
+            }
+        }
+        if json && !ctx.run.is_dry() {
             return Ok(None);
         }
         Ok(Some(PathBuf::from(target)))
     })
+}
+
+/// What [`check_restored`] found: the files it checked, and the restored paths among them whose
+/// contents differ from the manifest (or that could not be read).
+pub(crate) struct Checked {
+    files: usize,
+    differ: Vec<String>,
 }
 
 /// After a restore, hash the restored files (on the client, where they now are) and compare them
@@ -113,7 +135,7 @@ pub(crate) fn check_restored(
     stamp: &str,
     mut want: manifest::Manifest,
     target: &str,
-) -> Result<usize> {
+) -> Result<Checked> {
     let run = &ctx.run;
     let mut dir = PathBuf::from(target);
     // One file restored to a name that is not a directory: rsync wrote it as TARGET itself.
@@ -131,7 +153,10 @@ pub(crate) fn check_restored(
         crate::progress::info(&format!(
             "snapshot {stamp}: the restored part holds no regular file; nothing to check"
         ));
-        return Ok(0);
+        return Ok(Checked {
+            files: 0,
+            differ: Vec::new(),
+        });
     }
     let (list, out) = (
         ctx.paths.dir.join("restore.todo"),
@@ -141,63 +166,77 @@ pub(crate) fn check_restored(
     let names: Vec<Vec<u8>> = want.keys().cloned().collect();
     let have = hash_listed(run, &dir, &names, &list, &out, true)?;
     let d = manifest::compare(&want, &have);
-    let bad: Vec<&Vec<u8>> = d.changed.iter().chain(&d.missing).collect();
-    for n in &bad {
-        let n = manifest::show_name(n);
+    let differ: Vec<String> = d
+        .changed
+        .iter()
+        .chain(&d.missing)
+        .map(|n| {
+            let n = manifest::show_name(n);
+            format!("{}/{}", dir.display(), n.trim_start_matches("./"))
+        })
+        .collect();
+    for f in &differ {
         crate::progress::stderr_line(
             crate::progress::Level::Warning,
-            &format!(
-                "does not match the manifest: {}/{}",
-                dir.display(),
-                n.trim_start_matches("./")
-            ),
+            &format!("does not match the manifest: {f}"),
         );
     }
-    if bad.is_empty() {
+    if differ.is_empty() {
         crate::progress::info(&format!(
             "checked {} restored files against the manifest of {stamp}",
             want.len()
         ));
-        return Ok(want.len());
     }
-    Err(fail(
-        Code::Runtime,
-        format!(
-            "{} of {} restored files differ from snapshot {stamp}'s manifest: the server's copy is damaged; they are left in {target} for inspection, restore them from an older snapshot",
-            bad.len(),
-            want.len()
-        ),
-    ))
+    Ok(Checked {
+        files: want.len(),
+        differ,
+    })
 }
 
-/// `--restore --json` (docs/contract.md); printed only when every restored file matched.
+/// `--restore --json` (docs/contract.md), also when files differ (then exit 1).
 #[derive(Debug, serde::Serialize)]
 struct Restored {
     target: PathBuf,
     /// The snapshot the check read (null: restored --unchecked, or a dry run).
     stamp: Option<String>,
     checked: bool,
+    /// Every checked file matched (null: nothing was checked).
+    ok: Option<bool>,
     /// Regular files checked against the manifest.
     files: Option<usize>,
+    /// The restored paths whose contents differ from the manifest or could not be read.
+    differ: Vec<String>,
 }
 
 #[cfg(test)]
 mod tests {
-    /// `--restore --json`'s schema, pinned: a checked restore and an --unchecked one.
+    /// `--restore --json`'s schema, pinned: a checked restore, one with a damaged file, an --unchecked one.
     #[test]
     fn json_result() {
         let checked = super::Restored {
             target: "/srv/restore".into(),
             stamp: Some("2026-12-02T03:00:00Z".into()),
             checked: true,
+            ok: Some(true),
             files: Some(41),
+            differ: vec![],
+        };
+        let damaged = super::Restored {
+            target: "/srv/restore".into(),
+            stamp: Some("2026-12-02T03:00:00Z".into()),
+            checked: true,
+            ok: Some(false),
+            files: Some(41),
+            differ: vec!["/srv/restore/notes.txt".into()],
         };
         let unchecked = super::Restored {
             target: "/srv/restore".into(),
             stamp: None,
             checked: false,
+            ok: None,
             files: None,
+            differ: vec![],
         };
-        crate::cmd::check_json("restore", &[checked, unchecked]);
+        crate::cmd::check_json("restore", &[checked, damaged, unchecked]);
     }
 }
