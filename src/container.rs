@@ -277,6 +277,27 @@ pub fn attach_open(
     Ok(existing.unwrap_or_else(|| v.get("loop")))
 }
 
+/// Open the LUKS mapping `dm_name` on the block device `dev` (e2e-trim's NBD device), refused
+/// unless it holds a LUKS header (undo: close).
+pub fn open_device(
+    run: &Runner,
+    undo: &mut Undo,
+    dev: &Path,
+    key: &Path,
+    dm_name: &str,
+    o: &OpenOpts,
+) -> Result<()> {
+    let shown = dev.display().to_string();
+    run.steps(
+        undo,
+        vec![
+            Step::run(is_luks(dev)),
+            open_step(&Arg::from(dev), key, dm_name, o, &shown),
+        ],
+    )
+    .map(drop)
+}
+
 /// Open the LUKS mapping `dm_name` on `dev` (undo: close). No separate key test first: a wrong key
 /// fails here (exit 2), named for the container `shown`.
 fn open_step(dev: &Arg, key: &Path, dm_name: &str, o: &OpenOpts, shown: &str) -> Step {

@@ -357,6 +357,15 @@ fn prune_preview_from_nothing() {
     check("prune-preview", &f.script());
 }
 
+/// e2e-trim from nothing up: the stack over NBD (module, tunnel, nbd-client, LUKS with discards,
+/// check, mount), fstrim, the teardown in reverse; the server's allocation read before and after.
+#[test]
+fn trim_from_nothing() {
+    let f = Fixture::new(false);
+    super::trim::trim_job(&f.ctx, &f.job, None, 10809).unwrap();
+    check("trim", &f.script());
+}
+
 /// e2e-setup's dry run: the host key is not fetched (it needs the network), so the script shows
 /// the scan, then the files it would write, the job file's text whole, and the server's lines.
 #[test]

@@ -1,9 +1,9 @@
 //! e2e-trim: return the container's unused blocks to the server (TRIM through NBD).
 
 use crate::cli::TrimCli;
-use crate::container::{self as ct, OpenOpts};
+use crate::config::Job;
 use crate::error::{code_of, fail, Code};
-use crate::exec::{Cmd, Runner, Undo};
+use crate::exec::{Cmd, Runner};
 use crate::filesystem as fsys;
 use crate::remote;
 use crate::size::human;
@@ -15,10 +15,21 @@ pub fn trim(cli: TrimCli) -> Result<Option<PathBuf>> {
     let ctx = Ctx::new(&cli.common)?;
     let job = ctx.job()?;
     let _lock = lock(&ctx)?;
+    trim_job(&ctx, &job, cli.nbd_device, cli.nbd_port)
+}
+
+/// The trim of `job` (its lock held): the allocation on the server, the stack over NBD, the trim,
+/// the teardown, the allocation again.
+pub(super) fn trim_job(
+    ctx: &Ctx,
+    job: &Job,
+    device: Option<PathBuf>,
+    port: u16,
+) -> Result<Option<PathBuf>> {
     let p = &ctx.paths;
     let run = &ctx.run;
     let r = &job.remote;
-    let file = ctx.container_file(&job);
+    let file = ctx.container_file(job);
     if ctx.fs_mounted()
         || p.kernel.dm_slaves(&p.dm_name).is_some()
         || !p.kernel.loops_backed_by(&file, false).is_empty()
@@ -28,99 +39,13 @@ pub fn trim(cli: TrimCli) -> Result<Option<PathBuf>> {
             format!("container of job {} is open through e2e-open; run e2e-close {} first (TRIM goes through NBD, not the loop device)", job.name, job.name),
         ));
     }
-    let key = job.key_file()?;
-    // The nbd module is often not loaded until first use.
-    if cli.nbd_device.is_none() && !p.kernel.module_loaded("nbd") {
-        run.run(&Cmd::new("modprobe").arg("nbd"))?;
-    }
-    let nbd = match cli
-        .nbd_device
-        .clone()
-        .or_else(|| p.kernel.free_nbd_device())
-    {
-        Some(d) => d,
-        None if run.is_dry() => PathBuf::from("/dev/nbd0"),
-        None => {
-            return Err(fail(
-                Code::Runtime,
-                "no free NBD device: load the module (modprobe nbd)",
-            ))
-        }
-    };
-    // The tunnel's local end is a Unix socket in the 0700 run directory: a loopback TCP port
-    // would let any local user reach the decrypted-by-nobody but writable NBD export.
-    let sock = &p.nbd_sock;
+    let key = job.key_file()?; // before touching anything
     remote::make_dirs(run, p)?;
     let alloc = remote::allocated_cmd(r, &job.container.file);
     let before = server_allocation(run, &alloc)?;
-
-    let mut undo = Undo::new(run);
-    // The tunnel: the NBD server listens on the server's loopback only; NBD is plain text.
-    let ctl = format!("ControlPath={}", p.ssh_ctl.display());
-    let tunnel = remote::ssh_checked(r)
-        .args([
-            "-f",
-            "-N",
-            "-o",
-            "ExitOnForwardFailure=yes",
-            "-o",
-            "ControlMaster=yes",
-            "-o",
-            "StreamLocalBindUnlink=yes",
-            "-o",
-        ])
-        .arg(&ctl)
-        .arg("-L")
-        .arg(format!("{}:127.0.0.1:{}", sock.display(), cli.nbd_port))
-        .arg(remote::destination(r));
-    run.run(&tunnel)?;
-    undo.push(
-        Cmd::new("ssh")
-            .arg("-o")
-            .arg(&ctl)
-            .args(["-O", "exit"])
-            .arg(remote::destination(r)),
-    );
-    let export = job.container.file.clone();
-    undo.push(Cmd::rm_f(sock));
-    run.run(
-        &Cmd::new("nbd-client")
-            .arg("-unix")
-            .arg(sock)
-            .arg(&nbd)
-            .arg("-N")
-            .arg(&export)
-            .on_fail(move |_, stderr| {
-                Some(crate::Fail::new(
-                    Code::Remote,
-                    format!(
-                        "nbd-client could not attach export {export:?} through the tunnel ({}): is the NBD server (qemu-nbd) running on the server's 127.0.0.1 with that export name?",
-                        stderr.lines().last().unwrap_or("").trim()
-                    ),
-                ))
-            }),
-    )?;
-    undo.push(Cmd::new("nbd-client").arg("-d").arg(&nbd));
-    run.run(&ct::is_luks(&nbd))?;
-    run.run(&ct::luks_open(
-        &nbd,
-        &key,
-        &p.dm_name,
-        &OpenOpts {
-            read_only: false,
-            allow_discards: true,
-        },
-    ))?;
-    undo.push(ct::luks_close(&p.dm_name));
-    let kind = fsys::detect(run, &p.dm_dev, job.container.filesystem, &job.origin)?;
-    crate::stack::open::before_rw_mount(&ctx, kind, false, &mut undo)?;
-    kind.mount_on(run, &p.dm_dev, &p.fs, false)?;
-    undo.push(fsys::umount(&p.fs));
-    for settle in kind.settle_deletions(&p.fs) {
-        run.run(&settle)?;
-    }
-    let out = run.run(&fsys::fstrim(&p.fs))?;
-    let claimed = fsys::parse_fstrim(&out.stdout);
+    let (kind, undo) = crate::stack::nbd::open(ctx, job, &key, device, port)?;
+    kind.settle_deletions(run, &p.fs)?;
+    let claimed = fsys::fstrim(run, &p.fs)?;
     if let Some(c) = claimed {
         crate::progress::info(&format!(
             "fstrim reported {c} bytes ({}) trimmed (not trusted; judged by the server)",

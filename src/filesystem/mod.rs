@@ -92,10 +92,13 @@ impl Kind {
     /// subvolume's extents in the background, after `subvolume delete` returns (and again after
     /// the next mount when it was unmounted first), and they are free space once that is
     /// committed (`sync -f`); fstrim can only give back free space. ext4: nothing to wait for.
-    pub fn settle_deletions(self, mountpoint: &Path) -> Vec<Cmd> {
+    pub fn settle_deletions(self, run: &Runner, mountpoint: &Path) -> Result<()> {
         match self {
-            Kind::Ext4 => Vec::new(),
-            Kind::Btrfs => vec![btrfs::wait_deleted(mountpoint), sync_fs(mountpoint)],
+            Kind::Ext4 => Ok(()),
+            Kind::Btrfs => {
+                run.run(&btrfs::wait_deleted(mountpoint))?;
+                run.run(&sync_fs(mountpoint)).map(drop)
+            }
         }
     }
 
@@ -323,8 +326,11 @@ pub fn umount(mountpoint: &Path) -> Cmd {
     Cmd::new("umount").arg(mountpoint)
 }
 
-pub fn fstrim(mountpoint: &Path) -> Cmd {
-    Cmd::new("fstrim").arg("-v").arg(mountpoint)
+/// `fstrim -v`: discard the free blocks of the filesystem at `mountpoint`. Returns the bytes fstrim
+/// says it trimmed (what reaches the server is for the server's allocation to tell).
+pub fn fstrim(run: &Runner, mountpoint: &Path) -> Result<Option<u64>> {
+    let out = run.run(&Cmd::new("fstrim").arg("-v").arg(mountpoint))?;
+    Ok(parse_fstrim(&out.stdout))
 }
 
 /// `sync -f`: flush the container's filesystem (and through the loop device the file on sshfs).
@@ -333,7 +339,7 @@ pub fn sync_fs(mountpoint: &Path) -> Cmd {
 }
 
 /// Bytes `fstrim -v` says it trimmed (only reported, never trusted: see e2e-trim).
-pub fn parse_fstrim(out: &str) -> Option<u64> {
+fn parse_fstrim(out: &str) -> Option<u64> {
     let inner = out.split('(').nth(1)?;
     inner.split_whitespace().next()?.parse().ok()
 }

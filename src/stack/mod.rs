@@ -4,6 +4,7 @@
 
 pub mod close;
 pub mod grow;
+pub mod nbd;
 pub mod open;
 
 use self::close::{close_idle_read_only, close_opened, recover_stale};
