@@ -3,7 +3,7 @@
 //! run gives up on the link.
 
 use crate::exec::{Cmd, Runner};
-use crate::kernel::{orphan_ports, Kernel};
+use crate::kernel::{orphan_ports, Kernel, Process};
 use crate::paths::JobPaths;
 use anyhow::Result;
 use std::path::Path;
@@ -12,9 +12,14 @@ use std::time::Duration;
 /// pids of sshfs processes serving `mountpoint`: started as `sshfs` (e2e-mount) or as mount(8)'s
 /// helper `mount.fuse.sshfs` (the generated mount unit; Debian links it, and `mount.sshfs`, to sshfs).
 pub fn sshfs_pids(k: &Kernel, mountpoint: &Path) -> Vec<i32> {
+    serving(&k.processes(), mountpoint)
+}
+
+/// [`sshfs_pids`] among `procs`.
+fn serving(procs: &[Process], mountpoint: &Path) -> Vec<i32> {
     let mp = mountpoint.to_string_lossy();
-    k.processes()
-        .into_iter()
+    procs
+        .iter()
         .filter(|p| {
             let is_sshfs = p.argv.first().is_some_and(|a| {
                 let name = a.rsplit('/').next().unwrap_or(a);
@@ -27,9 +32,9 @@ pub fn sshfs_pids(k: &Kernel, mountpoint: &Path) -> Vec<i32> {
 }
 
 /// pids of the ssh processes the sshfs processes `parents` started.
-fn ssh_children(k: &Kernel, parents: &[i32]) -> Vec<i32> {
-    k.processes()
-        .into_iter()
+fn ssh_children(procs: &[Process], parents: &[i32]) -> Vec<i32> {
+    procs
+        .iter()
         .filter(|p| p.comm == "ssh" && p.ppid.is_some_and(|pp| parents.contains(&pp)))
         .map(|p| p.pid)
         .collect()
@@ -39,18 +44,20 @@ fn ssh_children(k: &Kernel, parents: &[i32]) -> Vec<i32> {
 /// NBD tunnel (the ssh forwarding to the job's socket), which writes into the container too: a
 /// btrfs container's lease keeper that lost the lease during a trim fences that.
 pub fn connection_pids(paths: &JobPaths) -> Vec<i32> {
-    let sshfs = sshfs_pids(&paths.kernel, &paths.remote);
-    let mut pids = ssh_children(&paths.kernel, &sshfs);
+    // One read of /proc for all three.
+    let procs = paths.kernel.processes();
+    let sshfs = serving(&procs, &paths.remote);
+    let mut pids = ssh_children(&procs, &sshfs);
     pids.extend(&sshfs);
-    pids.extend(tunnel_pids(&paths.kernel, &paths.nbd_sock));
+    pids.extend(tunnel_pids(&procs, &paths.nbd_sock));
     pids
 }
 
 /// The ssh whose `-L` forward starts at `sock` (e2e-trim's tunnel, `ssh -f`: no parent to find it by).
-fn tunnel_pids(k: &Kernel, sock: &Path) -> Vec<i32> {
+fn tunnel_pids(procs: &[Process], sock: &Path) -> Vec<i32> {
     let from = format!("{}:", sock.display());
-    k.processes()
-        .into_iter()
+    procs
+        .iter()
         .filter(|p| p.comm == "ssh" && p.argv.iter().any(|a| a.starts_with(&from)))
         .map(|p| p.pid)
         .collect()
