@@ -1,6 +1,6 @@
 //! Cross-host exclusion for a container whose filesystem has none of its own (btrfs; ext4 has
-//! multi-mount protection): bring-up takes the lease ([`take`]) before the read-write mount and
-//! leaves a keeper process (`e2e-open --keep-lease`) that beats until teardown releases it
+//! multi-mount protection): bring-up takes the lease before the read-write mount and starts a keeper
+//! process, `e2e-open --keep-lease` ([`take_and_keep`]), that beats until teardown releases it
 //! (`e2e-close --release-lease`, after the unmount, before `cryptsetup close`).
 //!
 //! The lease is one 4 KiB block: the first of the opened LUKS mapping, which btrfs never uses (it
