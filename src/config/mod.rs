@@ -99,9 +99,15 @@ pub struct Sync {
 
 impl Sync {
     /// `paths` and the paths the `files_from` lists hold now (empty lines and `#` comments
-    /// skipped, duplicates dropped), or one line saying which list or line is wrong.
+    /// skipped, duplicates dropped), or one line saying which list or line is wrong, or that they
+    /// are more than rsync's command line can carry.
     pub fn all_paths(&self) -> Result<Vec<String>> {
+        self.all_paths_within(paths_budget())
+    }
+
+    fn all_paths_within(&self, budget: u64) -> Result<Vec<String>> {
         let mut all = self.paths.clone();
+        let mut seen: std::collections::HashSet<String> = all.iter().cloned().collect();
         for f in &self.files_from {
             let text = std::fs::read_to_string(f).map_err(|e| {
                 fail(
@@ -122,13 +128,37 @@ impl Sync {
                         format!("{}:{}: {line:?} is not an absolute path (sync.files_from lists one absolute path a line); nothing synced", f.display(), i + 1),
                     ));
                 }
-                if !all.iter().any(|p| p == line) {
+                if seen.insert(line.to_string()) {
                     all.push(line.to_string());
                 }
             }
         }
+        let bytes: u64 = all.iter().map(|p| p.len() as u64 + 1).sum();
+        if bytes > budget {
+            return Err(fail(
+                Code::Config,
+                format!(
+                    "sync.paths and sync.files_from name {} paths ({}), more than one rsync command line can carry here ({}): list fewer, e.g. their parent directories, with sync.exclude for what to leave out; nothing synced",
+                    all.len(),
+                    crate::size::human(bytes),
+                    crate::size::human(budget)
+                ),
+            ));
+        }
         Ok(all)
     }
+}
+
+/// The bytes of source paths one rsync command line may carry: half the kernel's limit on a
+/// command's arguments and environment (ARG_MAX, a quarter of the stack limit: 2 MiB by default);
+/// the other half is left to rsync's other arguments and the environment. Over it, exec fails
+/// (E2BIG) only once the stack is open; this refuses before anything opens.
+fn paths_budget() -> u64 {
+    let arg_max = nix::unistd::sysconf(nix::unistd::SysconfVar::ARG_MAX)
+        .ok()
+        .flatten()
+        .map_or(128 << 10, |v| v as u64);
+    arg_max / 2
 }
 
 /// A resolved job.

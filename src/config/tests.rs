@@ -19,6 +19,14 @@ fn files_from_lists_add_paths() {
     s.files_from.push(b.clone());
     let e = s.all_paths().unwrap_err().to_string();
     assert!(e.contains(&format!("{}:1:", b.display())), "{e}");
+    // More than one command line can carry: refused with what to do, before anything opens.
+    s.files_from = vec![a.clone()];
+    let e = s.all_paths_within(18).unwrap_err().to_string();
+    assert!(
+        e.contains("name 2 paths (19 B)") && e.contains("parent directories"),
+        "{e}"
+    );
+    assert_eq!(s.all_paths_within(19).unwrap().len(), 2);
     s.files_from = vec![d.path().join("missing")];
     assert!(s
         .all_paths()
