@@ -84,33 +84,22 @@ pub(crate) fn restore(
             ctx.run.note("a real run then hashes the restored files and compares them with the snapshot's manifest");
         }
         let checked = match want {
-            Some((stamp, want)) => Some((check_restored(ctx, &stamp, want, target)?, stamp)),
+            Some((stamp, want)) => Some(check_restored(ctx, stamp, want, target)?),
             None => None,
         };
         if json && !ctx.run.is_dry() {
-            print_json(&Restored {
-                target: PathBuf::from(target),
-                stamp: checked.as_ref().map(|c| c.1.clone()),
-                checked: checked.is_some(),
-                ok: checked.as_ref().map(|c| c.0.differ.is_empty()),
-                files: checked.as_ref().map(|c| c.0.files),
-                differ: checked
-                    .as_ref()
-                    .map(|c| c.0.differ.clone())
-                    .unwrap_or_default(),
-            })?;
+            print_json(&Restored::of(target, checked.as_ref()))?;
         }
-        if let Some((c, stamp)) = &checked {
-            if !c.differ.is_empty() {
-                return Err(fail(
-                    Code::Runtime,
-                    format!(
-                        "{} of {} restored files differ from snapshot {stamp}'s manifest: the server's copy is damaged; they are left in {target} for inspection, restore them from an older snapshot",
-                        c.differ.len(),
-                        c.files
-                    ),
-                ));
-            }
+        if let Some(c) = checked.filter(|c| !c.differ.is_empty()) {
+            return Err(fail(
+                Code::Runtime,
+                format!(
+                    "{} of {} restored files differ from snapshot {}'s manifest: the server's copy is damaged; they are left in {target} for inspection, restore them from an older snapshot",
+                    c.differ.len(),
+                    c.files,
+                    c.stamp
+                ),
+            ));
         }
         if json && !ctx.run.is_dry() {
             return Ok(None);
@@ -119,9 +108,10 @@ pub(crate) fn restore(
     })
 }
 
-/// What [`check_restored`] found: the files it checked, and the restored paths among them whose
-/// contents differ from the manifest (or that could not be read).
+/// What [`check_restored`] found: the snapshot whose manifest it read, the files it checked, and
+/// the restored paths among them whose contents differ from the manifest (or that could not be read).
 pub(crate) struct Checked {
+    stamp: String,
     files: usize,
     differ: Vec<String>,
 }
@@ -132,7 +122,7 @@ pub(crate) struct Checked {
 /// caught.
 pub(crate) fn check_restored(
     ctx: &Ctx,
-    stamp: &str,
+    stamp: String,
     mut want: manifest::Manifest,
     target: &str,
 ) -> Result<Checked> {
@@ -154,6 +144,7 @@ pub(crate) fn check_restored(
             "snapshot {stamp}: the restored part holds no regular file; nothing to check"
         ));
         return Ok(Checked {
+            stamp,
             files: 0,
             differ: Vec::new(),
         });
@@ -188,6 +179,7 @@ pub(crate) fn check_restored(
         ));
     }
     Ok(Checked {
+        stamp,
         files: want.len(),
         differ,
     })
@@ -195,48 +187,52 @@ pub(crate) fn check_restored(
 
 /// `--restore --json` (docs/contract.md), also when files differ (then exit 1).
 #[derive(Debug, serde::Serialize)]
-struct Restored {
-    target: PathBuf,
+struct Restored<'a> {
+    target: &'a str,
     /// The snapshot the check read (null: restored --unchecked, or a dry run).
-    stamp: Option<String>,
+    stamp: Option<&'a str>,
     checked: bool,
     /// Every checked file matched (null: nothing was checked).
     ok: Option<bool>,
     /// Regular files checked against the manifest.
     files: Option<usize>,
     /// The restored paths whose contents differ from the manifest or could not be read.
-    differ: Vec<String>,
+    differ: &'a [String],
+}
+
+impl<'a> Restored<'a> {
+    fn of(target: &'a str, c: Option<&'a Checked>) -> Self {
+        Restored {
+            target,
+            stamp: c.map(|c| c.stamp.as_str()),
+            checked: c.is_some(),
+            ok: c.map(|c| c.differ.is_empty()),
+            files: c.map(|c| c.files),
+            differ: c.map_or(&[], |c| &c.differ),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::{Checked, Restored};
+
     /// `--restore --json`'s schema, pinned: a checked restore, one with a damaged file, an --unchecked one.
     #[test]
     fn json_result() {
-        let checked = super::Restored {
-            target: "/srv/restore".into(),
-            stamp: Some("2026-12-02T03:00:00Z".into()),
-            checked: true,
-            ok: Some(true),
-            files: Some(41),
-            differ: vec![],
+        let check = |differ: &[&str]| Checked {
+            stamp: "2026-12-02T03:00:00Z".into(),
+            files: 41,
+            differ: differ.iter().map(|d| d.to_string()).collect(),
         };
-        let damaged = super::Restored {
-            target: "/srv/restore".into(),
-            stamp: Some("2026-12-02T03:00:00Z".into()),
-            checked: true,
-            ok: Some(false),
-            files: Some(41),
-            differ: vec!["/srv/restore/notes.txt".into()],
-        };
-        let unchecked = super::Restored {
-            target: "/srv/restore".into(),
-            stamp: None,
-            checked: false,
-            ok: None,
-            files: None,
-            differ: vec![],
-        };
-        crate::cmd::check_json("restore", &[checked, damaged, unchecked]);
+        let (good, damaged) = (check(&[]), check(&["/srv/restore/notes.txt"]));
+        crate::cmd::check_json(
+            "restore",
+            &[
+                Restored::of("/srv/restore", Some(&good)),
+                Restored::of("/srv/restore", Some(&damaged)),
+                Restored::of("/srv/restore", None),
+            ],
+        );
     }
 }
