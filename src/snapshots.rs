@@ -113,9 +113,7 @@ pub fn rsync_backup(sync: &Sync, fs: &Path, stamp: &str, link: Option<&str>, kin
         (Kind::Btrfs, _) => c = c.args(["--inplace", "--ignore-errors"]),
     }
     let dest = format!("{}/", work_dir(kind, fs, stamp).display());
-    let c = c
-        .args(&sync.rsync_args)
-        .args(&sync.paths)
+    let c = with_sources(c.args(&sync.rsync_args), &sync.paths, paths_budget())
         .arg(dest)
         .ok_code(24);
     // 23: some files were not transferred; the run sorts out whether they were unread sources.
@@ -131,11 +129,40 @@ pub fn rsync_backup(sync: &Sync, fs: &Path, stamp: &str, link: Option<&str>, kin
 /// `latest` itself, as a dry run (`-n`) that itemizes each difference (`-i`) and writes nothing.
 /// See [`crate::unchanged`].
 pub fn rsync_probe(sync: &Sync, fs: &Path, latest: &str) -> Cmd {
-    rsync_common(sync)
+    let c = rsync_common(sync)
         .args(["--dry-run", "--itemize-changes", "--timeout=600"])
-        .args(&sync.rsync_args)
-        .args(&sync.paths)
+        .args(&sync.rsync_args);
+    with_sources(c, &sync.paths, paths_budget())
         .arg(format!("{}/", fs.join("snapshots").join(latest).display()))
+}
+
+/// The sources as rsync's arguments while they fit one command line (`budget` bytes); more than
+/// that (a long `sync.files_from` list), exec would fail with E2BIG, so they go as a list on
+/// rsync's stdin instead: `--files-from=-` with the root `/` as the one source, `-r` because a
+/// list turns off the recursion `-a` implies. The snapshot is the same: `--relative` keeps the
+/// full paths either way, and a listed path that cannot be read is told with its full path.
+fn with_sources(c: Cmd, paths: &[String], budget: u64) -> Cmd {
+    let bytes: u64 = paths.iter().map(|p| p.len() as u64 + 1).sum();
+    if bytes <= budget {
+        return c.args(paths);
+    }
+    let mut list = String::with_capacity(bytes as usize);
+    for p in paths {
+        list.push_str(p);
+        list.push('\n');
+    }
+    c.args(["-r", "--files-from=-", "/"]).input(list)
+}
+
+/// The bytes of source paths one rsync command line may carry: half the kernel's limit on a
+/// command's arguments and environment (ARG_MAX, a quarter of the stack limit: 2 MiB by default);
+/// the other half is left to rsync's other arguments and the environment.
+fn paths_budget() -> u64 {
+    let arg_max = nix::unistd::sysconf(nix::unistd::SysconfVar::ARG_MAX)
+        .ok()
+        .flatten()
+        .map_or(128 << 10, |v| v as u64);
+    arg_max / 2
 }
 
 /// rsync's own "rsync: …" line names what failed; its closing "rsync error: … (code N)" does not.
@@ -245,6 +272,7 @@ impl Spec<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exec::Runner;
 
     #[test]
     fn rsync_argv() {
@@ -324,6 +352,73 @@ mod tests {
                 "/tmp/r"
             ]
         );
+    }
+
+    /// Sources that fit the budget are arguments; more go as a list on stdin, with `/` as the one
+    /// source (the same snapshot: `--relative` either way).
+    #[test]
+    fn sources_over_the_budget_go_as_a_list() {
+        let paths = vec!["/home".to_string(), "/srv/db dump".to_string()];
+        let fit = with_sources(Cmd::new("rsync"), &paths, 19).argv();
+        assert_eq!(fit, ["rsync", "/home", "/srv/db dump"]);
+        let c = with_sources(Cmd::new("rsync"), &paths, 18);
+        assert_eq!(c.argv(), ["rsync", "-r", "--files-from=-", "/"]);
+        assert_eq!(
+            c.script_line(),
+            "rsync -r --files-from=- / <<'E2E_INPUT'\n/home\n/srv/db dump\nE2E_INPUT"
+        );
+    }
+
+    /// The real rsync makes the same tree from a list as from arguments, deletions in a
+    /// destination it updates in place (btrfs) included, and names an unread listed path alike.
+    #[test]
+    fn a_list_makes_the_same_tree_as_arguments() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        for f in ["a/b/f", "a/old", "c/g", "c/h"] {
+            let f = src.join(f);
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(&f, f.to_string_lossy().as_bytes()).unwrap();
+        }
+        let at = |p: &str| format!("{}/{p}", src.display());
+        let paths = vec![at("a"), at("c/g"), at("gone")];
+        let run = Runner::new(false, false);
+        let rsync = |budget: u64, dest: &Path| {
+            let c = rsync_common(&Sync {
+                paths: vec![],
+                exclude: vec![],
+                exclude_from: vec![],
+                files_from: vec![],
+                rsync_args: vec![],
+                allow_partial: true,
+                skip_unchanged: false,
+            })
+            .args(["--inplace", "--ignore-errors"]);
+            let c = with_sources(c, &paths, budget).arg(format!("{}/", dest.display()));
+            let out = run.run(&c.handled_code(23)).unwrap();
+            crate::partial::parse(&out.stderr).unwrap()
+        };
+        let tree = |dest: &Path| {
+            let out = run
+                .run(&Cmd::new("find").arg(dest).arg("-printf").arg("%P %s\\n"))
+                .unwrap()
+                .stdout;
+            let mut l: Vec<String> = out.lines().map(String::from).collect();
+            l.sort();
+            l
+        };
+        let (args, list) = (d.path().join("args"), d.path().join("list"));
+        let unread = [rsync(u64::MAX, &args), rsync(0, &list)];
+        assert_eq!(unread[0], unread[1]);
+        assert_eq!(unread[0][0].path, at("gone"));
+        std::fs::remove_file(src.join("a/old")).unwrap();
+        rsync(u64::MAX, &args);
+        rsync(0, &list);
+        let (a, l) = (tree(&args), tree(&list));
+        assert_eq!(a, l);
+        let has = |p: &str| a.iter().any(|e| e.contains(&format!("/src/{p} ")));
+        assert!(has("a/b/f") && has("c/g"), "{a:?}");
+        assert!(!has("a/old") && !has("c/h"), "{a:?}");
     }
 
     #[test]

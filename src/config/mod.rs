@@ -99,13 +99,10 @@ pub struct Sync {
 
 impl Sync {
     /// `paths` and the paths the `files_from` lists hold now (empty lines and `#` comments
-    /// skipped, duplicates dropped), or one line saying which list or line is wrong, or that they
-    /// are more than rsync's command line can carry.
+    /// skipped, duplicates dropped), or one line saying which list or line is wrong. However many
+    /// they are, rsync takes them (`snapshots::with_sources`); a line break in a path it cannot
+    /// take from a list, so it is refused wherever the path comes from.
     pub fn all_paths(&self) -> Result<Vec<String>> {
-        self.all_paths_within(paths_budget())
-    }
-
-    fn all_paths_within(&self, budget: u64) -> Result<Vec<String>> {
         let mut all = self.paths.clone();
         let mut seen: std::collections::HashSet<String> = all.iter().cloned().collect();
         for f in &self.files_from {
@@ -133,32 +130,14 @@ impl Sync {
                 }
             }
         }
-        let bytes: u64 = all.iter().map(|p| p.len() as u64 + 1).sum();
-        if bytes > budget {
+        if let Some(p) = all.iter().find(|p| p.contains('\n')) {
             return Err(fail(
                 Code::Config,
-                format!(
-                    "sync.paths and sync.files_from name {} paths ({}), more than one rsync command line can carry here ({}): list fewer, e.g. their parent directories, with sync.exclude for what to leave out; nothing synced",
-                    all.len(),
-                    crate::size::human(bytes),
-                    crate::size::human(budget)
-                ),
+                format!("sync.paths: {p:?} holds a line break, which rsync cannot take from a list of paths: back up its parent directory instead; nothing synced"),
             ));
         }
         Ok(all)
     }
-}
-
-/// The bytes of source paths one rsync command line may carry: half the kernel's limit on a
-/// command's arguments and environment (ARG_MAX, a quarter of the stack limit: 2 MiB by default);
-/// the other half is left to rsync's other arguments and the environment. Over it, exec fails
-/// (E2BIG) only once the stack is open; this refuses before anything opens.
-fn paths_budget() -> u64 {
-    let arg_max = nix::unistd::sysconf(nix::unistd::SysconfVar::ARG_MAX)
-        .ok()
-        .flatten()
-        .map_or(128 << 10, |v| v as u64);
-    arg_max / 2
 }
 
 /// A resolved job.

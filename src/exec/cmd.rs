@@ -90,6 +90,9 @@ pub struct Cmd {
     /// they stay failures.
     handled_codes: Vec<i32>,
     errmap: Option<ErrMap>,
+    /// Text for the command's stdin (a list of paths too long for its arguments); a here-document
+    /// in the dry-run script.
+    input: Option<String>,
 }
 
 impl Cmd {
@@ -101,6 +104,7 @@ impl Cmd {
             ok_codes: Vec::new(),
             handled_codes: Vec::new(),
             errmap: None,
+            input: None,
         }
     }
 
@@ -147,6 +151,22 @@ impl Cmd {
         self
     }
 
+    /// Feed `text` to the command's stdin (otherwise /dev/null).
+    pub fn input(mut self, text: String) -> Self {
+        self.input = Some(text);
+        self
+    }
+
+    /// The here-document's delimiter: a word no line of the input is.
+    fn input_end(&self) -> Option<String> {
+        let text = self.input.as_deref()?;
+        let mut end = "E2E_INPUT".to_string();
+        while text.lines().any(|l| l == end) {
+            end.push('_');
+        }
+        Some(end)
+    }
+
     /// The argv as plain strings (for tests and messages).
     pub fn argv(&self) -> Vec<String> {
         std::iter::once(self.program.clone())
@@ -163,21 +183,36 @@ impl Cmd {
             .collect();
         words.push(quote(&self.program));
         words.extend(self.args.iter().map(Arg::render));
+        if let Some(end) = self.input_end() {
+            words.push(format!("<<'{end}'"));
+        }
         words.join(" ")
+    }
+
+    /// What a real run logs: [`Cmd::render`], and how many lines its stdin gets (the lines
+    /// themselves are in the dry-run script).
+    pub fn log_line(&self) -> String {
+        match &self.input {
+            Some(text) => format!("{} # {} line(s)", self.render(), text.lines().count()),
+            None => self.render(),
+        }
     }
 
     /// The script line: like [`Cmd::render`], plus an exit-code guard when codes besides 0 are fine,
     /// so the line succeeds under `set -e` exactly when a real run would.
     pub fn script_line(&self) -> String {
-        if self.ok_codes.is_empty() {
-            return self.render();
+        let mut line = self.render();
+        if !self.ok_codes.is_empty() {
+            let codes: Vec<String> = self.ok_codes.iter().map(|c| c.to_string()).collect();
+            line = format!(
+                "{line} || case $? in {}) ;; *) false ;; esac",
+                codes.join("|")
+            );
         }
-        let codes: Vec<String> = self.ok_codes.iter().map(|c| c.to_string()).collect();
-        format!(
-            "{} || case $? in {}) ;; *) false ;; esac",
-            self.render(),
-            codes.join("|")
-        )
+        if let (Some(text), Some(end)) = (&self.input, self.input_end()) {
+            line = format!("{line}\n{}\n{end}", text.trim_end_matches('\n'));
+        }
+        line
     }
 
     pub(super) fn command(&self) -> Result<Command> {
@@ -201,13 +236,26 @@ impl Cmd {
         Ok(c)
     }
 
+    /// Start it with stdout and stderr piped, and its stdin the input (written by a thread of its
+    /// own, so that a command that writes while it reads cannot block on a full pipe) or nothing.
     pub(super) fn spawn_piped(&self) -> Result<std::process::Child> {
-        self.command()?
-            .stdin(Stdio::null())
+        let stdin = match self.input {
+            Some(_) => Stdio::piped(),
+            None => Stdio::null(),
+        };
+        let mut child = self
+            .command()?
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| spawn_error(self, e))
+            .map_err(|e| spawn_error(self, e))?;
+        if let (Some(text), Some(mut w)) = (self.input.clone(), child.stdin.take()) {
+            // A command that exits before reading it all makes the write fail (EPIPE): its exit
+            // code tells what happened.
+            std::thread::spawn(move || std::io::Write::write_all(&mut w, text.as_bytes()));
+        }
+        Ok(child)
     }
 
     pub(super) fn check(&self, code: Option<i32>, out: &Output) -> Result<()> {

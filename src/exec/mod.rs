@@ -166,7 +166,7 @@ impl Runner {
 
     fn log(&self, cmd: &Cmd) {
         if !crate::progress::quiet() {
-            eprintln!("+ {}", cmd.render());
+            eprintln!("+ {}", cmd.log_line());
         }
     }
 
@@ -201,13 +201,7 @@ impl Runner {
 
     fn exec(&self, cmd: &Cmd) -> Result<Output> {
         let interruptible = self.begin(cmd)?;
-        let child = cmd
-            .command()?
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| spawn_error(cmd, e))?;
+        let child = cmd.spawn_piped()?;
         let step = Running::start(interruptible, &child);
         let out = child.wait_with_output()?;
         step.finish()?;

@@ -147,3 +147,30 @@ fn first_line_stops_the_probe_at_the_first_match() {
     assert_eq!(dry.first_line(&Cmd::new("true"), |_| true).unwrap(), None);
     assert_eq!(dry.script().last().map(String::as_str), Some("true"));
 }
+
+/// A command's input reaches its stdin in a real run (also more than a pipe holds, while the
+/// command writes as much), and the dry-run script's here-document gives it the same lines.
+#[test]
+fn input_reaches_stdin_in_a_run_and_in_the_script() {
+    let mut text: String = (0..20_000).map(|i| format!("/data/{i}\n")).collect();
+    text.push_str("E2E_INPUT\n"); // a line that is the first choice of delimiter
+    let c = Cmd::new("tee").arg("/dev/stderr").input(text.clone());
+    let out = Runner::new(false, false).run(&c).unwrap();
+    assert_eq!(out.stdout, text);
+    assert!(c.log_line().ends_with("<<'E2E_INPUT_' # 20001 line(s)"));
+    let mut streamed = Vec::new();
+    let c = Cmd::new("cat").input(text.clone());
+    Runner::new(false, false)
+        .run_streaming(&c, |l| streamed.push(l.to_string()))
+        .unwrap();
+    assert_eq!(streamed.len(), 20_001);
+    let r = Runner::buffered();
+    r.run(&Cmd::new("wc").arg("-l").input(text).ok_code(3))
+        .unwrap();
+    let script = r.script().join("\n");
+    // (the script through bash's stdin: as one argument it would be too long for exec)
+    let sh = Runner::new(false, false)
+        .run(&Cmd::new("bash").input(script.clone()))
+        .unwrap();
+    assert_eq!(sh.stdout.trim(), "20001", "{script:.200}");
+}
