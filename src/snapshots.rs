@@ -146,12 +146,8 @@ fn with_sources(c: Cmd, paths: &[String], budget: u64) -> Cmd {
     if bytes <= budget {
         return c.args(paths);
     }
-    let mut list = String::with_capacity(bytes as usize);
-    for p in paths {
-        list.push_str(p);
-        list.push('\n');
-    }
-    c.args(["-r", "--files-from=-", "/"]).input(list)
+    c.args(["-r", "--files-from=-", "/"])
+        .input(paths.join("\n"))
 }
 
 /// The bytes of source paths one rsync command line may carry: half the kernel's limit on a
