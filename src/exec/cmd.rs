@@ -157,6 +157,10 @@ impl Cmd {
         self
     }
 
+    pub fn has_input(&self) -> bool {
+        self.input.is_some()
+    }
+
     /// The here-document's delimiter: a word no line of the input is.
     fn input_end(&self) -> Option<String> {
         let text = self.input.as_deref()?;
@@ -209,10 +213,16 @@ impl Cmd {
                 codes.join("|")
             );
         }
-        if let (Some(text), Some(end)) = (&self.input, self.input_end()) {
-            line = format!("{line}\n{}\n{end}", text.trim_end_matches('\n'));
+        self.with_input(line)
+    }
+
+    /// `line` followed by the here-document of the input, if any (the line's own `<<'END'` is
+    /// [`Cmd::render`]'s).
+    pub(super) fn with_input(&self, line: String) -> String {
+        match (&self.input, self.input_end()) {
+            (Some(text), Some(end)) => format!("{line}\n{}\n{end}", text.trim_end_matches('\n')),
+            _ => line,
         }
-        line
     }
 
     pub(super) fn command(&self) -> Result<Command> {

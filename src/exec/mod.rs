@@ -182,7 +182,9 @@ impl Runner {
     /// Run a command whose stdout a later step needs. Dry-run: prints `var=$(cmd)` and returns `"$var"`.
     pub fn capture(&self, cmd: &Cmd, var: &'static str) -> Result<Arg> {
         if self.dry_run {
-            self.emit(format!("{var}=$({})", cmd.render()));
+            // A here-document must end on its own line, before the closing parenthesis.
+            let nl = if cmd.has_input() { "\n" } else { "" };
+            self.emit(format!("{var}=$({}{nl})", cmd.with_input(cmd.render())));
             return Ok(Arg::Var(var));
         }
         let out = self.exec(cmd)?;

@@ -174,3 +174,17 @@ fn input_reaches_stdin_in_a_run_and_in_the_script() {
         .unwrap();
     assert_eq!(sh.stdout.trim(), "20001", "{script:.200}");
 }
+
+/// A captured command's input stays inside `$( )` in the script: the variable gets what the command
+/// printed from it.
+#[test]
+fn captured_input_is_inside_the_substitution() {
+    let r = Runner::buffered();
+    let c = Cmd::new("tail").args(["-n", "1"]).input("a\nb\n".into());
+    r.capture(&c, "last").unwrap();
+    let script = format!("set -eu\n{}\necho \"<$last>\"", r.script().join("\n"));
+    let sh = Runner::new(false, false)
+        .run(&Cmd::new("bash").args(["-c", &script]))
+        .unwrap();
+    assert_eq!(sh.stdout, "<b>\n", "{script}");
+}
