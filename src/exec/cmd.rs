@@ -157,10 +157,6 @@ impl Cmd {
         self
     }
 
-    pub fn has_input(&self) -> bool {
-        self.input.is_some()
-    }
-
     /// The here-document's delimiter: a word no line of the input is.
     fn input_end(&self) -> Option<String> {
         let text = self.input.as_deref()?;
@@ -216,9 +212,20 @@ impl Cmd {
         self.with_input(line)
     }
 
+    /// The command as a `$( )` in the script holds it: a here-document must end on its own line,
+    /// before the closing parenthesis.
+    pub(super) fn substitution(&self) -> String {
+        let line = self.with_input(self.render());
+        if self.input.is_some() {
+            line + "\n"
+        } else {
+            line
+        }
+    }
+
     /// `line` followed by the here-document of the input, if any (the line's own `<<'END'` is
     /// [`Cmd::render`]'s).
-    pub(super) fn with_input(&self, line: String) -> String {
+    fn with_input(&self, line: String) -> String {
         match (&self.input, self.input_end()) {
             (Some(text), Some(end)) => format!("{line}\n{}\n{end}", text.trim_end_matches('\n')),
             _ => line,

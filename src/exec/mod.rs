@@ -182,9 +182,7 @@ impl Runner {
     /// Run a command whose stdout a later step needs. Dry-run: prints `var=$(cmd)` and returns `"$var"`.
     pub fn capture(&self, cmd: &Cmd, var: &'static str) -> Result<Arg> {
         if self.dry_run {
-            // A here-document must end on its own line, before the closing parenthesis.
-            let nl = if cmd.has_input() { "\n" } else { "" };
-            self.emit(format!("{var}=$({}{nl})", cmd.with_input(cmd.render())));
+            self.emit(format!("{var}=$({})", cmd.substitution()));
             return Ok(Arg::Var(var));
         }
         let out = self.exec(cmd)?;

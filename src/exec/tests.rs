@@ -187,4 +187,6 @@ fn captured_input_is_inside_the_substitution() {
         .run(&Cmd::new("bash").args(["-c", &script]))
         .unwrap();
     assert_eq!(sh.stdout, "<b>\n", "{script}");
+    // bash takes `END)` as the delimiter too, with a warning: the delimiter must be on its own line.
+    assert_eq!(sh.stderr, "", "{script}");
 }
